@@ -1,0 +1,36 @@
+# The two commands of the README: `make run` and `make test`. Everything else is set-up they share.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch first and pinned: on a plain machine PyPI's wheel is the CUDA build; on a machine whose pip
+# finds a local CPU build of the same version (as our CI does), that one is taken.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: run test install install-dev browser-deps lint clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	$(PY) app.py
+
+test: install-dev
+	$(PY) -m pytest -q
+
+lint: install-dev
+	$(PY) -m ruff check studio tests app.py bench
+
+clean:
+	rm -rf $(VENV)

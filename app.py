@@ -1,0 +1,40 @@
+"""Start the studio: `python app.py [--host H] [--port P] [--share] [--home DIR]`.
+
+Binds 127.0.0.1 by default. Set STUDIO_USERNAME and STUDIO_PASSWORD to require a login.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from studio.ui.app import build_app, css, theme
+from studio.workspace import Workspace
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="LLMOps Studio web app")
+    parser.add_argument("--host", default=os.environ.get("STUDIO_HOST", "127.0.0.1"),
+                        help="address to bind (0.0.0.0 to reach it from other machines)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("STUDIO_PORT", "7860")))
+    parser.add_argument("--share", action="store_true", help="open a temporary public gradio.live link")
+    parser.add_argument("--home", default=None, help="workspace folder (default: $STUDIO_HOME or ~/.llmops-studio)")
+    args = parser.parse_args()
+
+    ws = Workspace.open(args.home)
+    user, password = os.environ.get("STUDIO_USERNAME"), os.environ.get("STUDIO_PASSWORD")
+    app = build_app(ws)
+    print(f"LLMOps Studio: workspace {ws.home}", flush=True)
+    app.queue(default_concurrency_limit=8).launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        auth=(user, password) if user and password else None,
+        theme=theme(),
+        css=css(),
+        footer_links=["api"],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""The `studio` command: the same verbs as the tabs, over the same core calls.
+
+Each module in this package adds its verbs with `register(subparsers, common)`; a handler takes
+(args, workspace) and returns an Output (data for --json, text for people) or None when it has
+printed its own output (a followed stream). StudioError becomes one line on stderr and exit 2;
+anything else exit 1, with a traceback only under --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pkgutil
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from studio.errors import StudioError
+
+
+@dataclass
+class Output:
+    data: Any
+    text: str
+
+
+def _common_parser() -> argparse.ArgumentParser:
+    # SUPPRESS: a flag given after the verb must not be reset by the verb's own default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the result as one JSON document")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an unexpected error")
+    common.add_argument("--home", default=argparse.SUPPRESS,
+                        help="the workspace folder (default: $STUDIO_HOME or ~/.llmops-studio)")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_parser()
+    parser = argparse.ArgumentParser(
+        prog="studio", parents=[common],
+        description="LLMOps Studio: fine-tune a model on your data, chat with it, publish it.",
+    )
+    parser.set_defaults(json=False, debug=False, home=None)
+    verbs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{module.name}").register(verbs, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        from studio.workspace import Workspace
+
+        ws = Workspace.open(args.home)
+        out = args.handler(args, ws)
+        if out is not None:
+            if args.json:
+                print(json.dumps(out.data, indent=2, default=str))
+            else:
+                print(out.text)
+        return 0
+    except StudioError as exc:
+        if args.json:
+            print(json.dumps({"error": exc.to_dict()}), file=sys.stderr)
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the edge: one readable line, the rest under --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"unexpected error: {type(exc).__name__}: {exc} (run again with --debug for details)",
+              file=sys.stderr)
+        return 1

@@ -1,0 +1,1 @@
+"""Data: ingest → column mapping → chat-template rendering → checks → immutable dataset versions."""

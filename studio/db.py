@@ -1,0 +1,135 @@
+"""The SQLite registry: schema as numbered migrations, applied in order and recorded.
+
+Only the studio process writes here. Each migration is a function of a sqlite_utils.Database;
+add a new one at the end of MIGRATIONS, never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlite_utils
+
+
+def _m001_core(db: sqlite_utils.Database) -> None:
+    db["datasets"].create(
+        {
+            "id": str,  # "ds-" + first 12 hex of the content hash
+            "name": str,
+            "content_hash": str,
+            "created_at": str,
+            "source_name": str,
+            "source_format": str,
+            "base_model": str,  # the tokenizer the report was counted with
+            "template": str,  # "model" (the base model's own) or a named fallback
+            "mapping_json": str,
+            "system_prompt": str,
+            "max_length": int,
+            "rows_train": int,
+            "rows_val": int,
+            "rows_rejected": int,
+            "report_json": str,
+            "path": str,
+        },
+        pk="id",
+        not_null={"name", "content_hash", "created_at", "path"},
+    )
+    db["datasets"].create_index(["content_hash"], unique=True)
+    db["runs"].create(
+        {
+            "id": str,  # "run-YYYYmmdd-HHMMSS-xxxx"; never the OS pid
+            "name": str,
+            "dataset_id": str,
+            "base_model": str,
+            "preset": str,
+            "config_json": str,
+            "status": str,  # queued | running | succeeded | failed | cancelled
+            "created_at": str,
+            "queued_at": str,
+            "started_at": str,
+            "finished_at": str,
+            "pid": int,
+            "proc_start": float,  # the process's start time, to tell a reused pid apart
+            "gpu": int,
+            "error": str,
+            "path": str,
+        },
+        pk="id",
+        foreign_keys=[("dataset_id", "datasets", "id")],
+        not_null={"status", "created_at", "path"},
+    )
+    db["runs"].create_index(["status", "queued_at"])
+    db["endpoints"].create(
+        {
+            "id": str,
+            "name": str,
+            "kind": str,  # local (a process of ours) | remote (a URL)
+            "url": str,
+            "base_model": str,
+            "adapters_json": str,  # {"name": "run-id or path"}
+            "run_id": str,
+            "port": int,
+            "pid": int,
+            "proc_start": float,
+            "status": str,  # starting | ready | stopped | failed
+            "created_at": str,
+            "error": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["deployments"].create(
+        {
+            "id": str,
+            "run_id": str,
+            "target": str,
+            "url": str,
+            "model_version": str,
+            "export_hash": str,
+            "options_json": str,
+            "verification_json": str,
+            "status": str,  # publishing | healthy | unhealthy | failed | rolled_back
+            "created_at": str,
+            "previous_id": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+    db["evaluations"].create(
+        {
+            "id": str,
+            "run_id": str,
+            "golden_set": str,
+            "created_at": str,
+            "summary_json": str,
+            "path": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+    )
+
+
+MIGRATIONS = [_m001_core]
+
+
+def migrate(db: sqlite_utils.Database) -> list[int]:
+    """Apply the migrations this database has not seen; return their numbers."""
+    db.execute("PRAGMA foreign_keys = ON")
+    if "_migrations" not in db.table_names():
+        db["_migrations"].create({"number": int, "name": str, "applied_at": str}, pk="number")
+    done = {row["number"] for row in db["_migrations"].rows}
+    applied = []
+    for number, step in enumerate(MIGRATIONS, start=1):
+        if number in done:
+            continue
+        with db.conn:
+            step(db)
+            db["_migrations"].insert(
+                {"number": number, "name": step.__name__, "applied_at": now()}
+            )
+        applied.append(number)
+    return applied
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -1,0 +1,61 @@
+"""Builds the studio's Gradio Blocks: a header and the tabs in the order of the flow.
+
+Each tab lives in studio/ui/<name>_tab.py and exposes `build(ws)`, called inside its gr.Tab.
+A tab whose module does not exist yet says so plainly, with no controls that pretend.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+
+import gradio as gr
+
+from studio import __version__
+from studio.workspace import Workspace
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+
+# (tab label, module, what it is for, the issue that brings it)
+TABS = [
+    ("Data", "data_tab", "upload a spreadsheet, map its columns, check it, save a dataset version", 3),
+    ("Train", "train_tab", "pick a base model and a preset, check it fits, start a fine-tune", 4),
+    ("Runs", "runs_tab", "follow, cancel, resume and compare training runs", 4),
+    ("Chat", "chat_tab", "talk to the tuned model beside the base model", 5),
+    ("Evaluate", "evaluate_tab", "score base and tuned model on your own golden questions", 5),
+    ("Publish", "publish_tab", "take a tuned model to a TGI server or the Hub, verified", 6),
+    ("System", "system_tab", "GPUs, memory, disk, versions and the workspace", 2),
+]
+
+
+def build_app(ws: Workspace) -> gr.Blocks:
+    with gr.Blocks(title="LLMOps Studio") as app:
+        gr.Markdown(
+            f"# LLMOps Studio\n"
+            f"Teach an open language model your field: **Data → Train → Chat → Evaluate → Publish**. "
+            f"<small>v{__version__} · workspace `{ws.home}`</small>",
+            elem_id="studio-header",
+        )
+        with gr.Tabs():
+            for label, module, purpose, issue in TABS:
+                with gr.Tab(label, id=module):
+                    name = f"studio.ui.{module}"
+                    if importlib.util.find_spec(name) is None:
+                        gr.Markdown(
+                            f"### {label}: not built yet\n"
+                            f"This tab will let you {purpose}. It is not part of this version of the "
+                            f"studio yet (tracked as issue {issue})."
+                        )
+                    else:
+                        importlib.import_module(name).build(ws)
+    return app
+
+
+def theme() -> gr.themes.Base:
+    return gr.themes.Soft(primary_hue="indigo", secondary_hue="slate")
+
+
+def css() -> str:
+    path = ASSETS / "studio.css"
+    return path.read_text(encoding="utf-8") if path.exists() else ""

@@ -1,0 +1,36 @@
+import json
+import subprocess
+import sys
+
+
+def studio(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "studio", *args], capture_output=True, text=True, env=env)
+
+
+def test_doctor_text_and_json(studio_home):
+    text = studio("doctor")
+    assert text.returncode == 0, text.stderr
+    assert "Workspace" in text.stdout and str(studio_home) in text.stdout
+    as_json = studio("doctor", "--json")
+    facts = json.loads(as_json.stdout)
+    assert facts["workspace"] == str(studio_home)
+    assert facts["libraries"]["transformers"].startswith("5.")
+    assert set(facts["hf_token"]) == {"set", "source"}
+
+
+def test_hf_token_value_is_never_printed(studio_home):
+    import os
+
+    env = {**os.environ, "HF_TOKEN": "hf_secretvalue123"}
+    out = studio("doctor", "--json", env=env)
+    assert "hf_secretvalue123" not in out.stdout
+    assert json.loads(out.stdout)["hf_token"] == {"set": True, "source": "HF_TOKEN"}
+
+
+def test_failure_is_one_line_and_nonzero(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = studio("doctor", "--home", str(blocker / "home"))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in out.stderr

@@ -1,0 +1,43 @@
+import threading
+
+import pytest
+
+from studio.errors import InvalidInput
+from studio.workspace import FOLDERS, Workspace
+
+
+def test_open_creates_layout_from_env(studio_home):
+    ws = Workspace.open()
+    assert ws.home == studio_home.resolve()
+    assert ws.db_path.exists()
+    for name in FOLDERS:
+        assert (studio_home / name).is_dir()
+
+
+def test_flag_overrides_env(tmp_path):
+    ws = Workspace.open(tmp_path / "elsewhere")
+    assert ws.home == (tmp_path / "elsewhere").resolve()
+
+
+def test_connection_is_wal_and_per_thread(studio_home):
+    ws = Workspace.open()
+    with ws.db() as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    seen = []
+
+    def worker():  # as a Gradio handler would, from another thread
+        with ws.db() as db:
+            seen.append(db["datasets"].count)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == [0]
+
+
+def test_unwritable_home_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(InvalidInput, match="cannot be created"):
+        Workspace.open(blocker / "home")
