@@ -1,7 +1,7 @@
 """The SQLite registry: schema as numbered migrations, applied in order and recorded.
 
-Only the studio process writes here. Each migration is a function of a sqlite_utils.Database;
-add a new one at the end of MIGRATIONS, never edit one that has shipped.
+Only the studio process writes here. Each migration is a function of a sqlite_utils.Database
+named `_mNNN_what`; NNN is its number. Add new ones to MIGRATIONS; never edit one that has shipped.
 """
 
 from __future__ import annotations
@@ -112,6 +112,10 @@ def _m001_core(db: sqlite_utils.Database) -> None:
 MIGRATIONS = [_m001_core]
 
 
+def _number(step) -> int:
+    return int(step.__name__[2:5])
+
+
 def migrate(db: sqlite_utils.Database) -> list[int]:
     """Apply the migrations this database has not seen; return their numbers."""
     db.execute("PRAGMA foreign_keys = ON")
@@ -119,7 +123,11 @@ def migrate(db: sqlite_utils.Database) -> list[int]:
         db["_migrations"].create({"number": int, "name": str, "applied_at": str}, pk="number")
     done = {row["number"] for row in db["_migrations"].rows}
     applied = []
-    for number, step in enumerate(MIGRATIONS, start=1):
+    steps = sorted(MIGRATIONS, key=_number)
+    if len({_number(s) for s in steps}) != len(steps):
+        raise RuntimeError("two migrations share a number")
+    for step in steps:
+        number = _number(step)
         if number in done:
             continue
         with db.conn:
