@@ -19,6 +19,13 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# The browser tests drive Debian's Chromium (Playwright's own browser download needs a server that is
+# not reachable everywhere). Installed with apt when missing; needs root or sudo.
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; }
+
 install: $(VENV)/.installed
 
 install-dev: $(VENV)/.installed-dev
@@ -26,7 +33,7 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(PY) app.py
 
-test: install-dev
+test: install-dev browser-deps
 	$(PY) -m pytest -q
 
 lint: install-dev

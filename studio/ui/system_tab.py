@@ -9,7 +9,7 @@ from studio.workspace import Workspace
 
 
 def render(facts: dict) -> str:
-    rows = ["| | |", "|---|---|"]
+    rows = ["| Resource | What this machine has |", "|---|---|"]
     if facts["gpus"]:
         for gpu in facts["gpus"]:
             rows.append(
