@@ -34,3 +34,14 @@ def test_failure_is_one_line_and_nonzero(tmp_path):
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in out.stderr
+
+
+def test_models_list_and_show(studio_home):
+    out = studio("models", "list", "--json")
+    assert out.returncode == 0, out.stderr
+    ids = [e["id"] for e in json.loads(out.stdout)]
+    assert "demo-tiny" in ids and "Qwen/Qwen2.5-0.5B-Instruct" in ids
+    shown = studio("models", "show", "meta-llama/Llama-3.1-8B-Instruct")
+    assert shown.returncode == 0 and "gated" in shown.stdout
+    bad = studio("models", "show", "no such model")
+    assert bad.returncode == 2 and "neither an existing folder nor a hub id" in bad.stderr
