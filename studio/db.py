@@ -109,7 +109,39 @@ def _m001_core(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS = [_m001_core]
+def _m005_publish(db: sqlite_utils.Database) -> None:
+    """Exports (background jobs writing exports/<id>/) and what a deployment needs to be rolled back."""
+    db["exports"].create(
+        {
+            "id": str,  # "exp-YYYYmmdd-HHMMSS-xxxx"
+            "run_id": str,
+            "kind": str,  # merged | adapter
+            "status": str,  # running | succeeded | failed
+            "path": str,
+            "export_hash": str,  # sha256 over the files of model/ (names and contents)
+            "bytes": int,
+            "dtype": str,
+            "pid": int,
+            "proc_start": float,
+            "created_at": str,
+            "finished_at": str,
+            "error": str,
+        },
+        pk="id",
+        foreign_keys=[("run_id", "runs", "id")],
+        not_null={"run_id", "kind", "status", "path", "created_at"},
+    )
+    db["exports"].create_index(["run_id", "kind"])
+    deployments = db["deployments"]
+    deployments.add_column("slot", str)  # the place a rollback puts the previous version back into
+    deployments.add_column("export_id", str)
+    deployments.add_column("model_name", str)  # what clients send as `model` / adapter_id ("" = default)
+    deployments.add_column("error", str)
+    deployments.add_column("updated_at", str)
+    deployments.create_index(["slot", "created_at"])
+
+
+MIGRATIONS = [_m001_core, _m005_publish]
 
 
 def _number(step) -> int:
