@@ -109,6 +109,17 @@ def _m001_core(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m004_serve(db: sqlite_utils.Database) -> None:
+    """Endpoints: launch options (argv, quantize, served name) and when they stopped. Evaluations: what
+    kind they are (golden set or held-out split) and the golden set's content hash, so runs can be
+    compared on exactly the same questions."""
+    db["endpoints"].add_column("options_json", str)
+    db["endpoints"].add_column("stopped_at", str)
+    db["evaluations"].add_column("kind", str)
+    db["evaluations"].add_column("golden_hash", str)
+    db["evaluations"].create_index(["golden_hash"])
+
+
 def _m005_publish(db: sqlite_utils.Database) -> None:
     """Exports (background jobs writing exports/<id>/) and what a deployment needs to be rolled back."""
     db["exports"].create(
@@ -141,7 +152,7 @@ def _m005_publish(db: sqlite_utils.Database) -> None:
     deployments.create_index(["slot", "created_at"])
 
 
-MIGRATIONS = [_m001_core, _m005_publish]
+MIGRATIONS = [_m001_core, _m004_serve, _m005_publish]
 
 
 def _number(step) -> int:
