@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The GPU check (issue 4 "On a GPU", issue 8): QLoRA throughput and peak memory of a plain Hugging Face
+# baseline against the studio's path and its variants, on random-weight Llama-3.1-8B and Llama-3.2-1B
+# shapes at 2048 tokens, with the fit check's estimate beside each measured peak. One call, ~8 minutes
+# on one H100, no network: the wheels come from ../shared/gpu/fetch-wheels.sh (carried as .whl/).
+#
+#   OUT=/some/folder bench/gpu_check.sh            # on the GPU machine, from the project root
+#   PYTHON=.venv/bin/python SKIP_WHEELS=1 SHAPES=tiny MAX_LENGTH=128 MEDIAN=40 OUT=/tmp/gc bench/gpu_check.sh
+#                                                  # the same flow on a CPU, in seconds (its test)
+# Writes $OUT/results.json, $OUT/results.md (the table for bench/RESULTS.md), $OUT/env.txt, $OUT/log.txt.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/bench-out}
+PY=${PYTHON:-python3}
+TOTAL_S=${TOTAL_S:-450}          # the whole script, wheels included; the device call's limit is a bit more
+SHAPES=${SHAPES:-llama-8b llama-1b}
+MAX_LENGTH=${MAX_LENGTH:-2048}
+MEDIAN=${MEDIAN:-400}
+CONFIGS_8B=${CONFIGS_8B:-baseline,studio,packed,packed-liger,packed-nockpt,packed-mb2,packed-sac,packed-flex}
+CONFIGS_SMALL=${CONFIGS_SMALL:-baseline,studio,packed,packed-liger,packed-nockpt}
+start=$(date +%s)
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
+  TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TRANSFORMERS_VERBOSITY=warning
+
+if [ -z "${SKIP_WHEELS:-}" ]; then
+  # What the image lacks (trl, bitsandbytes, datasets, liger-kernel, pydantic, ...), then the studio's
+  # tested transformers and peft on top; if those two do not import here, fall back to the image's.
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+  export PYTHONPATH=/tmp/site:$PWD
+  if ls .whl/match/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-match \
+      .whl/match/*.whl && export PYTHONPATH=/tmp/site-match:/tmp/site:$PWD
+  fi
+  if ! $PY -c "import transformers, peft, trl" 2>/dev/null; then
+    echo "the carried transformers/peft do not import here; using the image's"
+    export PYTHONPATH=/tmp/site:$PWD
+  fi
+fi
+
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
+  nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm,driver_version --format=csv \
+    2>/dev/null || echo "no nvidia-smi"
+  $PY - <<'EOF'
+import importlib, platform, sys
+print("python", platform.python_version())
+for name in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "liger_kernel",
+             "pydantic", "triton"):
+    try:
+        print(name, importlib.import_module(name).__version__)
+    except Exception as exc:  # noqa: BLE001 - a missing one is a fact to record, not a failure
+        print(name, "unavailable:", type(exc).__name__, exc)
+import torch
+if torch.cuda.is_available():
+    print("gpu", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0),
+          f"{torch.cuda.mem_get_info()[1] / 2**30:.1f} GiB")
+EOF
+} | tee "$OUT/env.txt"
+
+for shape in $SHAPES; do
+  left=$(( TOTAL_S - ($(date +%s) - start) ))
+  if [ "$left" -lt 40 ]; then echo "no time left for $shape"; continue; fi
+  case $shape in llama-8b) configs=$CONFIGS_8B ;; *) configs=$CONFIGS_SMALL ;; esac
+  echo "=== $shape, ${left}s left"
+  $PY bench/train_throughput.py --shape "$shape" --max-length "$MAX_LENGTH" --median "$MEDIAN" \
+    --configs "$configs" --warmup-steps "${WARMUP_STEPS:-1}" --steps "${STEPS:-3}" --out "$OUT" --budget-s "$left"
+done
+echo "=== done in $(( $(date +%s) - start ))s"
+cat "$OUT/results.md" 2>/dev/null

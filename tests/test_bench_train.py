@@ -1,0 +1,71 @@
+"""The GPU benchmark's logic, on the CPU with a tiny shape: synthetic lengths, token counting, the
+baseline and studio paths side by side, the results table, and how the "best" variant is composed."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import train_throughput as bench  # noqa: E402
+
+
+def test_synthetic_rows_have_the_drawn_lengths():
+    tok = bench.word_tokenizer(512)
+    rows = bench.synthetic_rows(400, 512, max_length=256, median=60)
+    lengths = [len(tok.apply_chat_template(r["messages"], tokenize=True, return_dict=False)) for r in rows]
+    assert max(lengths) <= 256
+    assert 50 <= statistics.median(lengths) <= 70  # log-normal around the median asked for
+    assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
+    ids = tok.apply_chat_template(rows[0]["messages"], tokenize=True, return_dict=False)
+    assert tok.unk_token_id not in ids and tok.pad_token_id not in ids  # every word is its own token
+
+
+def test_token_counter_counts_real_tokens_not_padding():
+    from transformers import DataCollatorForSeq2Seq
+
+    tok = bench.word_tokenizer(64)
+    counter = bench.TokenCounter(DataCollatorForSeq2Seq(tok, padding="longest"), tok.pad_token_id)
+    counter([{"input_ids": [8, 9, 10], "labels": [-100, 9, 10]}, {"input_ids": [8], "labels": [8]}])
+    assert counter.batches == [{"real": 4, "shape": [2, 3], "trained": 3}]
+
+
+def test_best_keeps_only_changes_that_help():
+    def row(name, tps):
+        return {"config": name, "shape": "s", "tokens_per_s": tps}
+
+    results = [row("packed", 1000), row("packed-liger", 1100), row("packed-nockpt", 1300),
+               row("packed-sac", 1200), row("packed-flex", 1010)]  # fmt: skip
+    best = bench.compose_best(results, "s")
+    assert best.settings == {"packing": True, "gradient_checkpointing": False}
+    assert best.sft == {"use_liger_kernel": True}  # sac loses to nockpt (one checkpointing choice), flex < 3%
+    assert best.attn is None
+    assert bench.compose_best(results[1:], "s") is None
+
+
+@pytest.mark.slow
+def test_benchmark_runs_baseline_and_studio_on_cpu(tmp_path):
+    out = tmp_path / "out"
+    code = bench.main(["--shape", "tiny", "--max-length", "128", "--median", "40", "--configs",
+                       "baseline,studio,packed", "--in-process", "--out", str(out), "--steps", "1",
+                       "--models-dir", str(tmp_path / "models")])  # fmt: skip
+    assert code == 0
+    results = {r["config"]: r for r in json.loads((out / "results.json").read_text())}
+    assert set(results) == {"baseline", "studio", "packed"}
+    assert not any("error" in r for r in results.values())
+    base, studio, packed = results["baseline"], results["studio"], results["packed"]
+    for r in results.values():
+        assert r["tokens_per_s"] > 0 and r["measured_micro_batches"] == 4  # 1 measured step x 4 micro-batches
+        assert r["estimate_gb"] > 0 and r["device"] == "cpu"
+    # Same rows, same order, same answers-only loss: the two paths start from the same losses.
+    assert studio["first_losses"][0] == pytest.approx(base["first_losses"][0], abs=1e-3)
+    assert len(base["first_losses"]) == 2
+    assert base["padding_share"] > 0.1 and packed["padding_share"] == 0
+    assert packed["real_tokens_per_micro_batch"] > 2 * base["real_tokens_per_micro_batch"]
+    table = (out / "results.md").read_text()
+    assert table.count("\n| tiny | 128 |") == 3 and "tokens/s" in table
