@@ -82,9 +82,12 @@ def save_version(
     train: datasets.Dataset,
     val: datasets.Dataset,
     rejected_csv: bytes | None = None,
+    extra_files: dict[str, bytes] | None = None,
     **fields: Any,
 ) -> tuple[DatasetVersion, bool]:
     """Write a new version atomically and register it; return (version, created).
+
+    `extra_files` are written beside the splits (the chat template, the histogram): provenance only.
 
     An existing version with the same content hash is returned as it is (created=False).
     Files are written to a temporary folder and renamed into place before the registry row is
@@ -95,12 +98,16 @@ def save_version(
         return existing, False
     vid = version_id(content_hash)
     target = ws.datasets_dir / vid
+    import pyarrow.parquet as pq
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{vid}-", dir=ws.datasets_dir))
     try:
-        train.to_parquet(str(tmp / "train.parquet"))
-        val.to_parquet(str(tmp / "val.parquet"))
+        pq.write_table(train.data.table, tmp / "train.parquet")
+        pq.write_table(val.data.table, tmp / "val.parquet")
         if rejected_csv:
             (tmp / "rejected.csv").write_bytes(rejected_csv)
+        for file_name, content in (extra_files or {}).items():
+            (tmp / Path(file_name).name).write_bytes(content)
         version = DatasetVersion(
             id=vid, name=name, content_hash=content_hash, created_at=now(), path=str(target),
             rows_train=len(train), rows_val=len(val), **fields,
@@ -136,13 +143,14 @@ def list_versions(ws: Workspace) -> list[DatasetVersion]:
 
 
 def load_split(ws: Workspace, dataset_id: str, split: str = "train") -> datasets.Dataset:
-    """One split of a version as a `datasets.Dataset` with the `messages` column."""
+    """One split of a version as a `datasets.Dataset` with the `messages` column (in memory, no cache files)."""
     import datasets
+    import pyarrow.parquet as pq
 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}")
     version = get_version(ws, dataset_id)
-    return datasets.Dataset.from_parquet(str(version.split_path(split)), keep_in_memory=True)
+    return datasets.Dataset(pq.read_table(version.split_path(split)))
 
 
 def rename_version(ws: Workspace, dataset_id: str, name: str) -> DatasetVersion:
