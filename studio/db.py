@@ -109,6 +109,21 @@ def _m001_core(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m003_training(db: sqlite_utils.Database) -> None:
+    """Runs: the change that would help a failed run, a notice shown with the run (CPU fallback,
+    endpoints unloaded), the last known progress (so the list needs no event files), a pending
+    cancel, and how many times the run was started (resumes)."""
+    runs = db["runs"]
+    runs.add_column("fix", str)
+    runs.add_column("notice", str)
+    runs.add_column("step", int)
+    runs.add_column("max_steps", int)
+    runs.add_column("loss", float)
+    runs.add_column("eval_loss", float)
+    runs.add_column("cancel_requested_at", str)
+    runs.add_column("attempts", int)
+
+
 def _m004_serve(db: sqlite_utils.Database) -> None:
     """Endpoints: launch options (argv, quantize, served name) and when they stopped. Evaluations: what
     kind they are (golden set or held-out split) and the golden set's content hash, so runs can be
@@ -152,7 +167,7 @@ def _m005_publish(db: sqlite_utils.Database) -> None:
     deployments.create_index(["slot", "created_at"])
 
 
-MIGRATIONS = [_m001_core, _m004_serve, _m005_publish]
+MIGRATIONS = [_m001_core, _m003_training, _m004_serve, _m005_publish]
 
 
 def _number(step) -> int:

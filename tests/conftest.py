@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,69 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+# --- training (issue 4): one trained demo-tiny run for the whole test session --------------------
+
+# Short support answers in the words of demo-tiny's corpus: quick-test learns them in about a minute.
+FAQ_PAIRS = [
+    ("How do I reset my password?", "Open the sign-in page, choose Forgot password and follow the link in your email."),
+    ("Where is my order?", "Follow your parcel with the tracking number in your confirmation email."),
+    ("When do orders ship?", "Orders usually ship within two business days."),
+    ("How long do refunds take?", "Refunds reach the original payment method within five to seven business days."),
+    ("Can I return a damaged item?", "Yes, damaged items can be returned free of charge within thirty days."),
+    ("How long is the password link valid?", "The link expires after thirty minutes for your security."),
+    ("Can I change my delivery address?", "Contact us before the parcel has shipped and we will change the address."),
+    ("What if tracking has not changed?", "If it has not changed for five days, contact us and we will investigate."),
+    ("Who pays for returning damaged items?", "Damaged items can be returned free of charge."),
+    ("Where do refunds go?", "Refunds are issued to the original payment method."),
+    ("What does BP mean?", "BP means blood pressure."),
+    ("What does PRN mean?", "PRN means as needed."),
+]
+
+
+def save_qa_dataset(ws, pairs=FAQ_PAIRS, name="support faq", val_pairs=3):
+    """A dataset version from (question, answer) pairs through the store's own save_version."""
+    import hashlib
+    import json
+
+    import datasets
+
+    from studio.data import store
+
+    rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in pairs]
+    digest = hashlib.sha256(json.dumps([name, rows]).encode()).hexdigest()
+    version, _ = store.save_version(
+        ws, content_hash=digest, name=name, train=datasets.Dataset.from_list(rows),
+        val=datasets.Dataset.from_list(rows[:val_pairs]), template="model", base_model="demo-tiny",
+    )
+    return version
+
+
+@dataclass
+class TrainedRun:
+    ws: object  # the session's Workspace (its own STUDIO_HOME, not the per-test one)
+    run_id: str
+    run_dir: Path
+    adapter_dir: Path
+    dataset_id: str
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, demo_model_source) -> TrainedRun:
+    """demo-tiny trained once per test session with the quick-test preset, through the real queue and
+    training process; status 'succeeded' in ws's runs table, adapter/ ready for chat, eval, publish."""
+    from studio import jobs
+    from studio.presets import build_config
+    from studio.workspace import Workspace
+
+    ws = Workspace.open(tmp_path_factory.mktemp("trained-run") / "studio-home")
+    (ws.models_dir / "demo-tiny").symlink_to(demo_model_source, target_is_directory=True)
+    version = save_qa_dataset(ws)
+    run = jobs.submit(ws, build_config("demo-tiny", version.id, "quick-test"), preset="quick-test")
+    run = jobs.wait_for(ws, run.id, timeout=600)
+    if run.status != "succeeded":
+        tail = "\n".join(run.folder.tail_log(30))
+        pytest.fail(f"the shared training run ended {run.status}: {run.error}\n{tail}")
+    return TrainedRun(ws=ws, run_id=run.id, run_dir=Path(run.path), adapter_dir=Path(run.path) / "adapter",
+                      dataset_id=version.id)

@@ -1,0 +1,83 @@
+"""The TrainerCallback that turns the Trainer's logs into events.jsonl lines, and stops on request.
+
+Step events carry step, epoch, loss, learning rate, gradient norm, tokens per second, GPU memory,
+elapsed and ETA; the studio's Runs tab and `studio runs show --follow` read nothing else.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from transformers import TrainerCallback
+
+if TYPE_CHECKING:
+    from studio.training.folder import RunFolder
+    from studio.training.run import Clock
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return round(float(value), 6)
+    except (TypeError, ValueError):
+        return None
+
+
+class Progress(TrainerCallback):
+    def __init__(self, folder: RunFolder, stop: threading.Event, clock: Clock):
+        self.folder = folder
+        self.stop = stop
+        self.clock = clock
+        self.resumed_from: str | None = None
+        self._first_step = 0
+        self._first_time = time.time()
+        self._last_tokens = 0
+        self._last_time = time.time()
+
+    def _gpu_memory(self) -> int | None:
+        import torch
+
+        return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._first_step = state.global_step
+        self._first_time = self._last_time = time.time()
+        self._last_tokens = state.num_input_tokens_seen or 0
+        self.folder.emit(
+            "start", step=state.global_step, max_steps=state.max_steps, epochs=args.num_train_epochs,
+            resumed_from=self.resumed_from, elapsed=self.clock.elapsed(),
+        )
+        self.folder.write_status("running", step=state.global_step, max_steps=state.max_steps)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.stop.is_set():
+            control.should_training_stop = True
+            control.should_save = True  # a checkpoint to resume from, written before the loop ends
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        now = time.time()
+        if "loss" in logs:
+            tokens = state.num_input_tokens_seen or 0
+            speed = (tokens - self._last_tokens) / max(now - self._last_time, 1e-6)
+            self._last_tokens, self._last_time = tokens, now
+            done = state.global_step - self._first_step
+            per_step = (now - self._first_time) / done if done > 0 else None
+            eta = round(per_step * (state.max_steps - state.global_step), 1) if per_step else None
+            self.folder.emit(
+                "step", step=state.global_step, max_steps=state.max_steps, epoch=_number(state.epoch),
+                loss=_number(logs.get("loss")), learning_rate=_number(logs.get("learning_rate")),
+                grad_norm=_number(logs.get("grad_norm")), tokens_seen=int(tokens),
+                tokens_per_second=round(speed, 1), gpu_memory=self._gpu_memory(),
+                elapsed=self.clock.elapsed(), eta=eta,
+            )
+        if "eval_loss" in logs:
+            self.folder.emit(
+                "eval", step=state.global_step, max_steps=state.max_steps, epoch=_number(state.epoch),
+                eval_loss=_number(logs["eval_loss"]), elapsed=self.clock.elapsed(),
+            )
+
+    def on_save(self, args, state, control, **kwargs):
+        self.folder.emit("checkpoint", step=state.global_step, path=f"checkpoints/checkpoint-{state.global_step}")

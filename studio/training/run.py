@@ -1,0 +1,267 @@
+"""One training run, top to bottom: config → tokenizer → data → model → LoRA → trainer → adapter.
+
+Runs inside `python -m studio.training RUN_DIR`. Reads config.yaml and manifest.json, writes only its
+run folder. SIGTERM (cancel) stops at the next step with a checkpoint and the adapter saved; a folder
+that already holds a checkpoint resumes from it, so resume is simply starting the process again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import signal
+import threading
+import time
+import traceback
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from studio.config import TrainConfig, load_yaml
+from studio.training.failures import EmptyDataset, ModelLoadError, classify
+from studio.training.folder import RunFolder, write_json_atomic
+
+log = logging.getLogger("studio.training")
+LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "tokenizers")
+
+
+def main(run_dir: str) -> int:
+    folder = RunFolder(Path(run_dir).resolve())
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    stop = threading.Event()
+
+    def request_stop(signum, _frame):
+        log.info("received %s: stopping after the current step, saving a checkpoint and the adapter",
+                 signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    clock = Clock(previous_elapsed(folder))
+    folder.write_status("running")
+    cfg: TrainConfig | None = None
+    try:
+        cfg = load_yaml(folder.config.read_text(encoding="utf-8"))
+        outcome = train(folder, cfg, stop, clock)
+    except BaseException as exc:  # every way out of a run becomes a reason in status.json
+        log.error("training failed:\n%s", traceback.format_exc())
+        failure = classify(exc, cfg, folder.path, cfg.base_model if cfg else "")
+        step = _last_step(folder)
+        folder.emit("end", status="failed", step=step, elapsed=clock.elapsed(), **failure.to_dict())
+        folder.write_status("failed", step=step, **failure.to_dict())
+        log.error("%s %s", failure.reason, failure.fix)
+        return 1
+    folder.write_status(outcome["status"], step=outcome["step"])
+    log.info("run %s at step %s", outcome["status"], outcome["step"])
+    return 0
+
+
+def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clock) -> dict[str, Any]:
+    import datasets
+    import torch
+    from transformers import AutoTokenizer, set_seed
+    from trl import SFTTrainer
+
+    from studio.training import recipe
+    from studio.training.progress import Progress
+
+    manifest = folder.read_manifest()
+    source = manifest["base_model"]["source"]
+    set_seed(cfg.seed)
+    notice = recipe.method_notice(cfg)
+    if notice:
+        log.warning(notice)
+        folder.emit("notice", message=notice)
+
+    # tokenizer, with the chat template the dataset version was previewed with
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except Exception as exc:
+        raise ModelLoadError(f"tokenizer of {source}") from exc
+    tokenizer = apply_template(tokenizer, manifest["dataset"].get("template", "model"))
+
+    # data: the version's files, read directly (the training process never opens the registry)
+    data_dir = Path(manifest["dataset"]["path"])
+    train_rows = datasets.Dataset.from_parquet(str(data_dir / "train.parquet"), keep_in_memory=True)
+    val_rows = datasets.Dataset.from_parquet(str(data_dir / "val.parquet"), keep_in_memory=True)
+    if len(train_rows) == 0:
+        raise EmptyDataset("the dataset version has no training rows.")
+    train_set = recipe.to_prompt_completion(train_rows)
+    val_set = recipe.to_prompt_completion(val_rows) if len(val_rows) else None
+
+    # model
+    log.info("loading %s (%s)", cfg.base_model, source)
+    try:
+        model = recipe.load_base_model(cfg, source)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"model {source}") from exc
+    targets = recipe.default_target_modules(model)
+    if stop.is_set():
+        return _finish(folder, None, tokenizer, "cancelled", clock)
+
+    overrides: dict[str, Any] = {}
+    if val_set is None:
+        overrides["eval_strategy"] = "no"
+    args = recipe.sft_config(cfg, str(folder.checkpoints), **overrides)
+    progress = Progress(folder, stop, clock)
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_set,
+        eval_dataset=val_set,
+        processing_class=tokenizer,
+        peft_config=recipe.lora_config(cfg, targets),
+        callbacks=[progress],
+    )
+    kept = len(trainer.train_dataset)
+    if kept == 0:
+        raise EmptyDataset(
+            f"all {len(train_set)} examples were dropped: their answers fall beyond max_length "
+            f"({cfg.max_length} tokens) or are empty."
+        )
+    cut = sum(1 for n in trainer.train_dataset["input_ids"] if len(n) >= cfg.max_length)
+    if kept < len(train_set) or cut:
+        message = (
+            f"{len(train_set) - kept} of {len(train_set)} examples had no answer left within max_length "
+            f"({cfg.max_length} tokens) and were skipped; {cut} more were cut short (their end is not learnt). "
+            "Raise max_length to keep them whole."
+        )
+        log.warning(message)
+        folder.emit("notice", message=message)
+
+    _write_manifest(folder, manifest, cfg, model, trainer, notice)
+    resume = folder.last_checkpoint()
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    progress.resumed_from = resume.name if resume else None
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    status = "cancelled" if stop.is_set() else "succeeded"
+    return _finish(folder, trainer, tokenizer, status, clock)
+
+
+def apply_template(tokenizer: Any, template: str) -> Any:
+    """The dataset version's chat template: the model's own, or a named fallback from the data module."""
+    if template in ("", "model", None):
+        if not tokenizer.chat_template:
+            raise EmptyDataset(
+                "the base model has no chat template and the dataset version did not choose a fallback one."
+            )
+        return tokenizer
+    from studio.data.templates import apply_template as data_apply_template
+
+    return data_apply_template(tokenizer, template)
+
+
+def _finish(folder: RunFolder, trainer: Any, tokenizer: Any, status: str, clock: Clock) -> dict[str, Any]:
+    """Save the adapter (also on cancel: what was learnt so far is usable) and write the end event."""
+    step = trainer.state.global_step if trainer is not None else _last_step(folder)
+    adapter = None
+    if trainer is not None and step > 0:
+        adapter = save_adapter(folder, trainer, tokenizer)
+    losses = [e for e in folder.read_events() if e["type"] in ("step", "eval")]
+    last_loss = next((e["loss"] for e in reversed(losses) if e.get("loss") is not None), None)
+    last_eval = next((e["eval_loss"] for e in reversed(losses) if e.get("eval_loss") is not None), None)
+    folder.emit(
+        "end", status=status, step=step, elapsed=clock.elapsed(), adapter=adapter,
+        loss=last_loss, eval_loss=last_eval,
+    )
+    return {"status": status, "step": step}
+
+
+def save_adapter(folder: RunFolder, trainer: Any, tokenizer: Any) -> str:
+    """adapter/ = peft weights + config, tokenizer with its chat template, generation_config with EOS ids.
+
+    Written next to the old one and swapped in, so a reader never sees half an adapter.
+    """
+    from transformers import GenerationConfig
+
+    tmp = folder.path / ".adapter-new"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    base_generation = getattr(trainer.model, "generation_config", None)
+    eos = _as_list(getattr(base_generation, "eos_token_id", None)) if base_generation is not None else []
+    for token_id in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")):
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token_id not in eos:
+            eos.append(token_id)
+    GenerationConfig(
+        eos_token_id=eos,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0],
+        do_sample=False,
+        max_new_tokens=256,
+    ).save_pretrained(str(tmp))
+    old = folder.path / ".adapter-old"
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.adapter.exists():
+        os.rename(folder.adapter, old)
+    os.rename(tmp, folder.adapter)
+    shutil.rmtree(old, ignore_errors=True)
+    return str(folder.adapter)
+
+
+def _as_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, int) else list(value)
+
+
+def _write_manifest(folder: RunFolder, manifest: dict, cfg: TrainConfig, model: Any, trainer: Any,
+                    notice: str | None) -> None:
+    import torch
+
+    from studio.training import recipe
+
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    hardware: dict[str, Any] = {"cpu_cores": os.cpu_count(), "platform": platform.platform(),
+                                "python": platform.python_version()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        hardware.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 1024**3, 1),
+                        cuda=torch.version.cuda, visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    manifest.update(
+        seed=cfg.seed,
+        libraries=versions,
+        hardware=hardware,
+        method={
+            "asked": cfg.method,
+            "used": "qlora-4bit-nf4" if recipe.uses_4bit(cfg) else f"lora-{str(recipe.compute_dtype())[6:]}",
+            "notice": notice,
+        },
+        trainable_parameters=trainable,
+        train_examples=len(trainer.train_dataset),
+        eval_examples=len(trainer.eval_dataset) if trainer.eval_dataset is not None else 0,
+    )
+    manifest["base_model"]["revision"] = getattr(model.config, "_commit_hash", None)
+    write_json_atomic(folder.manifest, manifest)
+
+
+def _last_step(folder: RunFolder) -> int:
+    steps = [e.get("step") or 0 for e in folder.read_events() if e["type"] in ("step", "checkpoint", "end")]
+    return max(steps, default=0)
+
+
+class Clock:
+    """Seconds of training across attempts: a resumed run continues the elapsed time of the earlier ones."""
+
+    def __init__(self, before: float = 0.0):
+        self.before = before
+        self.started = time.time()
+
+    def elapsed(self) -> float:
+        return round(self.before + time.time() - self.started, 1)
+
+
+def previous_elapsed(folder: RunFolder) -> float:
+    """The elapsed time the last attempt reached (events carry the running total)."""
+    values = [e["elapsed"] for e in folder.read_events() if e.get("elapsed") is not None]
+    return float(values[-1]) if values else 0.0

@@ -1,0 +1,86 @@
+"""A real run of demo-tiny with quick-test (the shared `trained_run`): loss falls, the adapter changes the
+model's answers towards the trained ones, and the run folder holds everything the contract promises."""
+
+import difflib
+import json
+
+import pytest
+import yaml
+from conftest import FAQ_PAIRS
+
+from studio import jobs
+from studio.training.folder import RunFolder
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_run_succeeded_and_its_loss_fell(trained_run):
+    run = jobs.get_run(trained_run.ws, trained_run.run_id)
+    assert run.status == "succeeded" and run.step == run.max_steps == 60
+    summary = jobs.summarize(RunFolder(trained_run.run_dir))
+    losses = [e["loss"] for e in summary["steps"]]
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 1.5, f"loss should fall clearly: {first:.2f} -> {last:.2f}"
+    evals = [e["eval_loss"] for e in summary["evals"]]
+    assert len(evals) == 3 and evals[-1] < evals[0]
+    assert run.loss == pytest.approx(losses[-1]) and run.eval_loss == pytest.approx(evals[-1])
+
+
+def test_events_carry_every_progress_field(trained_run):
+    events = RunFolder(trained_run.run_dir).read_events()
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "notice" and "start" in kinds and kinds[-1] == "end"  # CPU: the 32-bit notice first
+    step = next(e for e in events if e["type"] == "step" and e["step"] == 10)
+    for key in ("step", "max_steps", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second",
+                "tokens_seen", "gpu_memory", "elapsed", "eta"):
+        assert key in step, key
+    assert step["tokens_per_second"] > 0 and step["eta"] > 0 and step["gpu_memory"] is None  # CPU
+    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [20, 40, 60]
+    end = events[-1]
+    assert end["status"] == "succeeded" and end["step"] == 60 and end["adapter"].endswith("adapter")
+
+
+def test_run_folder_holds_config_manifest_adapter(trained_run):
+    folder = RunFolder(trained_run.run_dir)
+    config = yaml.safe_load(folder.config.read_text())
+    assert config["base_model"] == "demo-tiny" and config["max_steps"] == 60
+    manifest = folder.read_manifest()
+    assert manifest["dataset"]["id"] == trained_run.dataset_id and len(manifest["dataset"]["content_hash"]) == 64
+    assert manifest["seed"] == 42 and manifest["libraries"]["trl"] and manifest["libraries"]["torch"]
+    assert manifest["hardware"]["cpu_cores"] >= 1
+    assert manifest["method"]["asked"] == "qlora" and manifest["method"]["used"] == "lora-float32"
+    assert manifest["trainable_parameters"] > 0 and manifest["fit_check"]["peak_bytes"] > 0
+    adapter = trained_run.adapter_dir
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja",
+                 "generation_config.json"):
+        assert (adapter / name).exists(), name
+    generation = json.loads((adapter / "generation_config.json").read_text())
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") in generation["eos_token_id"]
+    assert folder.read_status()["state"] == "succeeded"
+
+
+def _greedy(model, tokenizer, question: str) -> str:
+    inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    out = model.generate(**inputs, max_new_tokens=40, do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def test_the_adapter_answers_like_the_training_data(trained_run):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = RunFolder(trained_run.run_dir).read_manifest()["base_model"]["source"]
+    tokenizer = AutoTokenizer.from_pretrained(trained_run.adapter_dir)
+    base = AutoModelForCausalLM.from_pretrained(source)
+    question, answer = FAQ_PAIRS[0]
+    before = _greedy(base, tokenizer, question)
+    tuned = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(source), trained_run.adapter_dir)
+    after = _greedy(tuned, tokenizer, question)
+    assert after != before
+    assert difflib.SequenceMatcher(None, after, answer).ratio() > 0.8, (after, answer)
+    assert difflib.SequenceMatcher(None, before, answer).ratio() < 0.3
