@@ -311,7 +311,7 @@ def check_adapter_name(name: str, base_model: str = "") -> str:
 
 
 def server_argv(base_source: str, adapters: dict[str, Path], port: int, *, served_name: str,
-                quantize: str = "auto", extra: list[str] | None = None) -> list[str]:
+                quantize: str = "none", extra: list[str] | None = None) -> list[str]:
     """The endpoint process's command line (an argv list, never a shell string)."""
     argv = [sys.executable, "-m", "studio.serve", "--model", base_source, "--served-name", served_name,
             "--port", str(port), "--quantize", quantize]
@@ -328,7 +328,7 @@ def start_endpoint(
     run_id: str | None = None,
     name: str | None = None,
     port: int | None = None,
-    quantize: Literal["auto", "4bit", "none"] = "auto",
+    quantize: Literal["none", "4bit"] = "none",
     wait: bool = True,
     timeout: float = START_TIMEOUT_S,
     extra_args: list[str] | None = None,
@@ -416,18 +416,28 @@ def find_endpoint_for_run(ws: Workspace, run_id: str) -> Endpoint | None:
 
 
 def start_for_run(ws: Workspace, run_id: str, *, port: int | None = None, wait: bool = True,
-                  quantize: Literal["auto", "4bit", "none"] = "auto") -> Endpoint:
+                  quantize: Literal["none", "4bit"] | None = None) -> Endpoint:
     """The endpoint for a finished run: its base model plus its adapter, served under the run id.
 
-    Reuses a live endpoint that already serves the run."""
+    Reuses a live endpoint that already serves the run. quantize=None serves a QLoRA run's base
+    model in 4-bit when a CUDA GPU is there (as it was trained), else in 16/32-bit."""
     existing = find_endpoint_for_run(ws, run_id)
     if existing is not None:
         return wait_ready(ws, existing.id) if wait else existing
     run_adapter_dir(ws, run_id)  # refuses a run without an adapter before a process starts
     with ws.db() as db:
         run = db["runs"].get(run_id)
+    if quantize is None:
+        method = json.loads(run.get("config_json") or "{}").get("method")
+        quantize = "4bit" if method == "qlora" and _cuda_available() else "none"
     return start_endpoint(ws, run["base_model"], {run_id: run_id}, run_id=run_id, name=f"{run['name'] or run_id}",
                           port=port, wait=wait, quantize=quantize)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def register_remote(ws: Workspace, url: str, name: str | None = None, *, check: bool = True) -> Endpoint:
