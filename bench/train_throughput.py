@@ -49,6 +49,7 @@ class Variant:
     sft: dict = field(default_factory=dict)  # SFTConfig overrides the recipe does not (yet) expose
     attn: str | None = None  # attention implementation, if not the recipe's
     about: str = ""
+    preset: str = "balanced"
 
 
 PACKED = {"packing": True}
@@ -66,6 +67,8 @@ VARIANTS = [
                                                                                   "selective": True}},
             about="packing + TRL selective activation checkpointing"),
     Variant("packed-flex", settings=PACKED, attn="flex_attention", about="packing + flex attention"),
+    Variant("low-memory", preset="low-memory", settings={"max_length": 1024},
+            about="the low-memory preset as it is (1 x 1024 tokens, r=8)"),
 ]  # fmt: skip
 BY_NAME = {v.name: v for v in VARIANTS}
 # "best" is composed during the run: packing plus every single change above that beat plain packing.
@@ -299,7 +302,7 @@ def bench_config(variant: Variant, max_length: int, steps: int):
     from studio.presets import build_config
 
     settings = {"max_length": max_length, "max_steps": steps, **variant.settings}
-    return build_config("bench-model", "bench-synthetic", "balanced", settings)
+    return build_config("bench-model", "bench-synthetic", variant.preset, settings)
 
 
 def train_baseline(cfg, model_dir: Path, rows: list, tok, out_dir: str, counter_pad: int):
@@ -401,8 +404,8 @@ def run_one(variant: Variant, shape_name: str, model_dir: Path, max_length: int,
     if "device_peak_gb" in result:
         result["estimate_error"] = round(result["estimate_seen_gb"] / result["device_peak_gb"] - 1, 3)
     result.update(
-        config=variant.name, about=variant.about, settings=variant.settings, sft=variant.sft, attn=variant.attn,
-        shape=shape_name, params=info["params"], max_length=max_length,
+        config=variant.name, preset=variant.preset, about=variant.about, settings=variant.settings, sft=variant.sft,
+        attn=variant.attn, shape=shape_name, params=info["params"], max_length=cfg.max_length, lora_r=cfg.lora_r,
         micro_batch=cfg.micro_batch_size, grad_accum=cfg.gradient_accumulation, packing=cfg.packing,
         gradient_checkpointing=ckpt, setup_s=round(ready - started, 1), train_s=round(trained - ready, 1),
         device=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
