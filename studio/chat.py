@@ -202,3 +202,51 @@ def as_python(url: str, body: dict) -> str:
 
 def settings_dict(settings: Settings) -> dict:
     return asdict(settings)
+
+
+# ---------------------------------------------------------------- what to chat with
+
+
+@dataclass
+class Target:
+    """An endpoint to chat with, and the two models to put side by side on it."""
+
+    url: str
+    base: str  # the `model` value of the base model
+    tuned: str | None  # the run's adapter (or the endpoint's first adapter), if any
+    models: list[str]
+    run_id: str | None = None
+    endpoint_id: str | None = None
+    started: bool = False  # this call started the endpoint
+
+
+def open_target(ws, ref: str, *, start: bool = True) -> Target:
+    """A run id (its endpoint, started when needed), an endpoint id or name, or a server URL."""
+    from studio import endpoints
+
+    ref = (ref or "").strip()
+    if not ref:
+        raise InvalidInput("Nothing to chat with was chosen.", "Pick a finished run or an endpoint.")
+    if ref.startswith(("http://", "https://")):
+        models = served_models(ref)
+        return Target(url=ref.rstrip("/"), base=models[0], tuned=models[1] if len(models) > 1 else None,
+                      models=models)
+    if ref.startswith("run-"):
+        running = endpoints.find_endpoint_for_run(ws, ref)
+        if running is None and not start:
+            raise ModelUnavailable(f"No endpoint is running for run '{ref}'.", "Start one first.")
+        endpoint = running or endpoints.start_for_run(ws, ref)
+        if running is not None:
+            endpoint = endpoints.wait_ready(ws, endpoint.id)
+        return Target(url=endpoint.url, base=endpoint.base_name, tuned=ref,
+                      models=[endpoint.base_name, *endpoint.adapters], run_id=ref, endpoint_id=endpoint.id,
+                      started=running is None)
+    endpoint = endpoints.get_endpoint(ws, ref)
+    if not endpoint.live:
+        raise ModelUnavailable(f"Endpoint '{endpoint.name}' is {endpoint.status}. {endpoint.error or ''}".strip(),
+                               "Start it again, or pick another one.")
+    if endpoint.status == "starting":
+        endpoint = endpoints.wait_ready(ws, endpoint.id)
+    models = [endpoint.base_name, *endpoint.adapters]
+    return Target(url=endpoint.url, base=endpoint.base_name, tuned=next(iter(endpoint.adapters), None),
+                  models=models, run_id=endpoint.run_id, endpoint_id=endpoint.id)

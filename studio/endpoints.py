@@ -301,6 +301,19 @@ def resolve_adapter(ws: Workspace, ref: str) -> Path:
     )
 
 
+def parse_adapter_specs(specs: list[str]) -> dict[str, str]:
+    """["NAME=RUN_OR_FOLDER", ...] -> {NAME: RUN_OR_FOLDER}."""
+    adapters: dict[str, str] = {}
+    for spec in specs:
+        name, sep, ref = spec.partition("=")
+        if not sep or not name.strip() or not ref.strip():
+            raise InvalidInput(f"'{spec}' is not NAME=RUN.", "Write the adapter as NAME=RUN_ID (or NAME=FOLDER).")
+        if name.strip() in adapters:
+            raise InvalidInput(f"Two adapters are named '{name.strip()}'.", "Give each adapter its own name.")
+        adapters[name.strip()] = ref.strip()
+    return adapters
+
+
 def check_adapter_name(name: str, base_model: str = "") -> str:
     if not ADAPTER_NAME.match(name or "") or name.lower() in RESERVED_NAMES or name == base_model:
         raise InvalidInput(

@@ -1,0 +1,131 @@
+"""`studio eval`: score a run against its base model on a golden set or its held-out split; compare
+runs on the same golden set; vote blind between the two answers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from studio.cli import Output
+
+
+def register(verbs, common) -> None:
+    p = verbs.add_parser("eval", parents=[common], help="evaluate a tuned model against its base model")
+    sub = p.add_subparsers(dest="eval_command", required=True, metavar="ACTION")
+
+    run = sub.add_parser("run", parents=[common], help="evaluate a finished run",
+                         description="Both models answer every question (greedy); the answers are scored "
+                                     "against the references (exact match, token F1, ROUGE-L) and held-out "
+                                     "loss/perplexity is measured on the run's validation split.")
+    run.add_argument("run_id")
+    run.add_argument("--golden", default=None, metavar="FILE",
+                     help="CSV with question and reference_answer columns (default: the run's held-out split)")
+    run.add_argument("--max-new-tokens", type=int, default=128)
+    run.add_argument("--heldout-rows", type=int, default=50, help="validation rows used at most (default 50)")
+    run.set_defaults(handler=run_eval)
+
+    ls = sub.add_parser("list", parents=[common], help="list evaluations")
+    ls.add_argument("--run", default=None)
+    ls.set_defaults(handler=run_list)
+
+    show = sub.add_parser("show", parents=[common], help="an evaluation's scores and answers")
+    show.add_argument("eval_id")
+    show.set_defaults(handler=run_show)
+
+    cmp = sub.add_parser("compare", parents=[common], help="all runs evaluated on the same golden set",
+                         description="SOURCE is an evaluation id or a golden-set CSV.")
+    cmp.add_argument("source")
+    cmp.set_defaults(handler=run_compare)
+
+    ab = sub.add_parser("ab", parents=[common], help="blind A/B vote between base and tuned answers")
+    ab.add_argument("eval_id")
+    ab.add_argument("--vote", nargs=2, metavar=("PAIR", "CHOICE"), default=None,
+                    help="record one vote (pair number from 1, and a, b or tie) instead of asking interactively")
+    ab.set_defaults(handler=run_ab)
+
+
+def _scores(summary: dict) -> str:
+    lines = ["model   exact  token-F1  ROUGE-L  loss    perplexity"]
+    for which in ("base", "tuned"):
+        s = summary.get(which, {})
+        lines.append(f"{which:<7} {s.get('exact_match', 0):<6.2f} {s.get('token_f1', 0):<9.3f} "
+                     f"{s.get('rouge_l', 0):<8.3f} {s.get('loss', '-')!s:<7} {s.get('perplexity', '-')}")
+    better = summary.get("better_f1", {})
+    lines.append(f"tuned better on {better.get('tuned', 0)}, base better on {better.get('base', 0)}, "
+                 f"tie on {better.get('tie', 0)} of {summary.get('questions')} questions (token F1)")
+    if summary.get("ab"):
+        ab = summary["ab"]
+        lines.append(f"blind votes: tuned {ab['tuned']}, base {ab['base']}, tie {ab['tie']} "
+                     f"({ab['voted']} of {ab['total']})")
+    return "\n".join(lines)
+
+
+def run_eval(args, ws) -> Output:
+    from studio.evaluate import evaluate_run, read_golden
+
+    golden = read_golden(args.golden) if args.golden else None
+    ev = evaluate_run(ws, args.run_id, golden, golden_name=Path(args.golden).name if args.golden else "",
+                      max_new_tokens=args.max_new_tokens, heldout_rows=args.heldout_rows)
+    return Output(ev.model_dump(), f"{ev.id} on {ev.golden_set} (golden set {ev.golden_hash})\n"
+                                   + _scores(ev.summary))
+
+
+def run_list(args, ws) -> Output:
+    from studio.evaluate import list_evaluations
+
+    found = list_evaluations(ws, run_id=args.run)
+    text = "\n".join(f"{e.id}  {e.run_id}  {e.kind:<7} {e.golden_set} ({e.golden_hash})  "
+                     f"tuned F1 {e.summary.get('tuned', {}).get('token_f1')}  "
+                     f"base F1 {e.summary.get('base', {}).get('token_f1')}"
+                     for e in found) or "No evaluations yet: studio eval run RUN_ID"
+    return Output([e.model_dump() for e in found], text)
+
+
+def run_show(args, ws) -> Output:
+    from studio.evaluate import get_evaluation
+
+    ev = get_evaluation(ws, args.eval_id)
+    items = ev.results()
+    lines = [f"{ev.id}: run {ev.run_id} on {ev.golden_set}", _scores(ev.summary), ""]
+    for n, item in enumerate(items, 1):
+        lines += [f"{n}. {item['question']}", f"   reference: {item['reference']}"]
+        for which in ("base", "tuned"):
+            lines.append(f"   {which:<5} (F1 {item[which]['token_f1']:.2f}): {item[which]['answer']}")
+    return Output({**ev.model_dump(), "items": items}, "\n".join(lines))
+
+
+def run_compare(args, ws) -> Output:
+    from studio.evaluate import compare, get_evaluation, golden_hash, read_golden
+
+    source = args.source
+    digest = golden_hash(read_golden(source)) if Path(source).is_file() else get_evaluation(ws, source).golden_hash
+    rows = compare(ws, digest)
+    text = "\n".join(f"{r['evaluation']}  {r['run']}  tuned F1 {r['tuned token_f1']}  ROUGE-L {r['tuned rouge_l']}  "
+                     f"loss {r['tuned loss']}  (base F1 {r['base token_f1']})" for r in rows)
+    return Output(rows, text or f"No evaluations on golden set {digest} yet.")
+
+
+def run_ab(args, ws) -> Output:
+    from studio.errors import InvalidInput
+    from studio.evaluate import ab_pairs, ab_tally, ab_vote
+
+    if args.vote:
+        try:
+            pair = int(args.vote[0]) - 1
+        except ValueError as exc:
+            raise InvalidInput(f"'{args.vote[0]}' is not a pair number.", "Give the pair's number, from 1.") from exc
+        tally = ab_vote(ws, args.eval_id, pair, args.vote[1].lower())
+        return Output(tally, f"votes so far: tuned {tally['tuned']}, base {tally['base']}, tie {tally['tie']}")
+    pairs = ab_pairs(ws, args.eval_id)
+    for n, pair in enumerate(pairs):
+        if pair["vote"] is not None:
+            continue
+        print(f"\n[{n + 1}/{len(pairs)}] {pair['question']}\n  A: {pair['a']}\n  B: {pair['b']}")
+        choice = ""
+        while choice not in ("a", "b", "tie", "q"):
+            choice = input("better answer? [a/b/tie, q to stop] ").strip().lower()
+        if choice == "q":
+            break
+        ab_vote(ws, args.eval_id, n, choice)
+    tally = ab_tally(ab_pairs(ws, args.eval_id))
+    return Output(tally, f"votes: tuned {tally['tuned']}, base {tally['base']}, tie {tally['tie']} "
+                         f"({tally['voted']} of {tally['total']} pairs)")
