@@ -278,7 +278,8 @@ class InferenceEndpointTarget(HubTarget):
         return (base[:32].strip("-") or "studio-model")
 
     def slot(self, source: RunSource) -> str:
-        return f"inference-endpoint:{self.options.namespace or ''}/{self.endpoint_name()}"
+        namespace = f"{self.options.namespace}/" if self.options.namespace else ""
+        return f"inference-endpoint:{namespace}{self.endpoint_name()}"
 
     def endpoint_env(self, source: RunSource) -> dict[str, str]:
         limits = token_limits(self.ws, source)
@@ -314,7 +315,7 @@ class InferenceEndpointTarget(HubTarget):
                    "scale_to_zero_timeout": o.scale_to_zero_minutes or None}
         with hub_errors(f"looking for the Inference Endpoint {namespace}/{name}", self.endpoint()):
             try:
-                api.get_inference_endpoint(name, namespace=namespace)
+                api.get_inference_endpoint(name, namespace=namespace, token=o.token)
                 exists = True
             except HfHubHTTPError as exc:
                 if exc.response is None or exc.response.status_code != 404:
@@ -326,14 +327,14 @@ class InferenceEndpointTarget(HubTarget):
                 endpoint = api.update_inference_endpoint(
                     name, namespace=namespace, repository=repo_id, revision=revision, framework="pytorch",
                     task="text-generation", custom_image=image, env=env, accelerator=o.accelerator,
-                    instance_type=o.instance_type, instance_size=o.instance_size, **scaling)
+                    instance_type=o.instance_type, instance_size=o.instance_size, token=o.token, **scaling)
             else:
                 progress(0.45, f"creating the endpoint {name}")
                 endpoint = api.create_inference_endpoint(
                     name, namespace=namespace, repository=repo_id, revision=revision, framework="pytorch",
                     task="text-generation", accelerator=o.accelerator, vendor=o.vendor, region=o.region,
                     instance_type=o.instance_type, instance_size=o.instance_size, custom_image=image, env=env,
-                    **scaling)
+                    token=o.token, **scaling)
         endpoint = self.follow(endpoint, progress)
         checks = [_files_check(problems)]
         token = o.token or _saved_token()

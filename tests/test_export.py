@@ -1,0 +1,215 @@
+"""Export: merged (16-bit or wider, sharded safetensors) and adapter-only folders that plain transformers /
+peft reload and that answer exactly like the run's model; the model card; disk checks; unfinished runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+
+import pytest
+import test_publish_helpers
+from test_publish_helpers import QA, register_run
+
+from studio.errors import Conflict, ResourceError
+from studio.publish.card import render_card
+from studio.publish.export import ExportFailed, list_exports, start_export, wait_export
+from studio.publish.export_worker import folder_hash
+from studio.publish.pipeline import card_facts
+from studio.publish.source import derive_limits, finished_run
+
+lora_adapter = test_publish_helpers.lora_adapter  # a session fixture
+PROMPTS = [[{"role": "user", "content": q}] for q, _ in QA[:2]]
+
+
+def greedy(model, tokenizer, messages, n=24) -> list[int]:
+    import torch
+
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    enc = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    return out[0, enc["input_ids"].shape[1]:].tolist()
+
+
+def studio_model(base_source, adapter_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_source), adapter_dir).eval()
+
+
+def export_run(ws, run_id, kind, prompts=PROMPTS, **kw):
+    source = finished_run(ws, run_id)
+    export = start_export(ws, source, kind, prompts=prompts, expected=[a for _, a in QA[:len(prompts)]],
+                          card=card_facts(ws, source), max_new_tokens=12, **kw)
+    return wait_export(ws, export.id, timeout=180)
+
+
+@pytest.mark.slow
+def test_merged_export_reloads_with_plain_transformers_and_answers_like_the_run(ws, lora_adapter, demo_model_source):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    run_id = register_run(ws, lora_adapter)
+    export = export_run(ws, run_id, "merged", shard_size="1MB")
+    files = sorted(os.listdir(export.model_dir))
+    shards = [f for f in files if f.endswith(".safetensors")]
+    assert len(shards) > 1 and "model.safetensors.index.json" in files  # sharded
+    assert {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "README.md"} <= set(files)
+    assert not (export.folder / "model.partial").exists()
+
+    merged = AutoModelForCausalLM.from_pretrained(export.model_dir).eval()  # plain transformers, no peft
+    tokenizer = AutoTokenizer.from_pretrained(export.model_dir)
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    run_tokenizer = AutoTokenizer.from_pretrained(lora_adapter)
+    assert tokenizer.chat_template == run_tokenizer.chat_template
+    reference = studio_model(demo_model_source, lora_adapter)
+    for messages in PROMPTS:
+        assert greedy(merged, tokenizer, messages) == greedy(reference, run_tokenizer, messages)
+
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eos = GenerationConfig.from_pretrained(export.model_dir).eos_token_id
+    assert im_end in (eos if isinstance(eos, list) else [eos])
+    assert export.dtype == "float32"  # demo-tiny is stored in float32, so the merge kept float32
+
+    recorded = export.reference()
+    assert [p["messages"] for p in recorded["prompts"]] == PROMPTS
+    assert all(p["tuned"]["text"] != p["base"]["text"] for p in recorded["prompts"])  # the adapter matters
+
+    card = (export.model_dir / "README.md").read_text()
+    for fact in ("base_model: demo-tiny", run_id, "quick-test", "1.2500", "Intended use", "Limitations", "<|im_end|>"):
+        assert fact in card
+    digest, sizes = folder_hash(export.model_dir)
+    assert export.export_hash == digest == json.loads((export.folder / "manifest.json").read_text())["export_hash"]
+    assert export.bytes == sum(sizes.values())
+    assert export.version == f"{run_id}@{digest[:12]}"
+
+
+@pytest.mark.slow
+def test_adapter_export_reloads_with_peft_and_answers_like_the_run(ws, lora_adapter, demo_model_source):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_id = register_run(ws, lora_adapter)
+    export = export_run(ws, run_id, "adapter")
+    files = set(os.listdir(export.model_dir))
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "generation_config.json",
+            "README.md"} <= files
+    assert not any(f.startswith("model") for f in files)  # the adapter alone: a few hundred KB
+    assert export.bytes < 1_000_000
+    exported = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_model_source),
+                                         export.model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(export.model_dir)
+    reference = studio_model(demo_model_source, lora_adapter)
+    for messages in PROMPTS:
+        assert greedy(exported, tokenizer, messages) == greedy(reference, tokenizer, messages)
+    assert "library_name: peft" in (export.model_dir / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_bf16_base_is_merged_in_bf16(ws, lora_adapter, demo_model_source, tmp_path):
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = tmp_path / "bf16-base"
+    AutoModelForCausalLM.from_pretrained(demo_model_source, dtype=torch.bfloat16).save_pretrained(base)
+    AutoTokenizer.from_pretrained(demo_model_source).save_pretrained(base)
+    run_id = register_run(ws, lora_adapter)
+    with ws.db() as db:
+        db["runs"].update(run_id, {"base_model": str(base)})
+    export = export_run(ws, run_id, "merged", prompts=[])  # no replies to record: only the weights matter here
+    assert export.dtype == "bfloat16"
+    with safe_open(str(export.model_dir / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert dtypes == {torch.bfloat16}
+    assert json.loads((export.model_dir / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_export_refuses_when_the_disk_is_too_small(ws, lora_adapter, monkeypatch):
+    import shutil as real_shutil
+
+    from studio.publish import export as export_module
+
+    run_id = register_run(ws, lora_adapter)
+    usage = real_shutil.disk_usage(ws.home)
+    monkeypatch.setattr(export_module.shutil, "disk_usage", lambda path: usage._replace(free=1_000_000))
+    with pytest.raises(ResourceError) as info:
+        start_export(ws, finished_run(ws, run_id), "merged", prompts=PROMPTS)
+    assert "Not enough disk space for the merged model" in info.value.message
+    assert "adapter alone" in info.value.fix
+    assert list_exports(ws) == [] and list(ws.exports_dir.iterdir()) == []  # nothing started, nothing written
+
+
+@pytest.mark.slow
+def test_disk_full_during_the_export_fails_cleanly(ws, lora_adapter):
+    """The export process may write files of at most 1 MB (RLIMIT_FSIZE, inherited): writing the weights
+    fails with EFBIG as on a full disk, and the export says so."""
+    run_id = register_run(ws, lora_adapter)
+    source = finished_run(ws, run_id)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit returns EFBIG instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, hard))
+    try:
+        export = start_export(ws, source, "merged", prompts=[])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    with pytest.raises(ExportFailed) as info:
+        wait_export(ws, export.id, timeout=120)
+    assert "disk filled up" in str(info.value) and "adapter alone" in str(info.value)
+    failed = list_exports(ws)[0]
+    assert failed.status == "failed" and "disk filled up" in failed.error
+    assert not (failed.folder / "model").exists() and not (failed.folder / "model.partial").exists()
+
+
+def test_a_run_that_has_not_finished_is_refused(ws, lora_adapter):
+    run_id = register_run(ws, lora_adapter, status="running")
+    with pytest.raises(Conflict) as info:
+        finished_run(ws, run_id)
+    assert "is running, not finished" in info.value.message
+    out = subprocess.run([sys.executable, "-m", "studio", "publish", run_id, "--home", str(ws.home)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"error: Run '{run_id}' is running, not finished")
+    assert list_exports(ws) == []
+
+
+def test_token_limits_come_from_the_data():
+    split = derive_limits(100, 40, 150, max_length=512, context=4096)
+    assert (split.max_input_tokens, split.max_total_tokens) == (192, 192 + 128)
+    rows_only = derive_limits(None, None, 300, max_length=512, context=4096)
+    assert (rows_only.max_input_tokens, rows_only.max_total_tokens) == (512, 512 + 320)
+    assert "longest conversation (300 tokens)" in rows_only.basis
+    nothing = derive_limits(None, None, None, max_length=1024, context=None)
+    assert (nothing.max_input_tokens, nothing.max_total_tokens) == (768, 1024)
+    capped = derive_limits(None, None, 900, max_length=512, context=1024)
+    assert capped.max_total_tokens == 1024 and capped.max_input_tokens == 768 and "capped" in capped.basis
+
+
+def test_model_card_names_base_data_preset_metrics_use_and_limits():
+    card = render_card({"run_id": "run-x", "kind": "merged", "base_model": "Qwen/Qwen2.5-0.5B-Instruct",
+                        "dataset": {"id": "ds-abc", "name": "faq", "rows_train": 40, "rows_val": 5},
+                        "preset": "balanced", "lora_r": 16, "max_length": 1024, "metrics": {"eval_loss": 0.5},
+                        "license": "Apache-2.0", "dtype": "bfloat16", "eos_tokens": ["<|im_end|>"]})
+    front = card.split("---")[1]
+    assert "base_model: Qwen/Qwen2.5-0.5B-Instruct" in front and "license: apache-2.0" in front
+    for fact in ("`ds-abc` faq — 40 training rows, 5 validation rows", "| Preset | balanced |",
+                 "| LoRA rank | 16 |", "0.5000", "## Intended use", "## Limitations", "bfloat16", "never into 4-bit"):
+        assert fact in card, fact
+
+
+def test_end_of_turn_token_joins_the_eos_ids(demo_model_source):
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from studio.publish.export_worker import end_of_turn_ids, eos_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_model_source)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert end_of_turn_ids(tokenizer) == [im_end]
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert eos_ids(tokenizer, GenerationConfig(eos_token_id=pad)) == [pad, im_end]  # a base config that forgot it
