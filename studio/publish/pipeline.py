@@ -147,10 +147,11 @@ def _record(ws: Workspace, dep_id: str, deployed: Deployed, export: Export, publ
                 deployed.cleanup()
         verification = _with_checks(verification, deployed.checks)
         status = "healthy" if verification["healthy"] else "unhealthy"
+    kept = registry.get_deployment(ws, dep_id).options  # e.g. rollback_of
     return registry.update(
         ws, dep_id, status=status, url=deployed.url, verification=verification,
         model_name=deployed.served.model if deployed.served else None,
-        options={"options": public, "served": _served_dict(deployed.served), "details": deployed.details},
+        options={**kept, "options": public, "served": _served_dict(deployed.served), "details": deployed.details},
         error=None if status != "unhealthy" else verification["summary"],
     )
 

@@ -179,7 +179,9 @@ class LocalTarget(Target):
         except Conflict:
             if o.port:
                 raise
-            ep = endpoints.start_endpoint(self.ws, base, adapters, port=None, **kwargs)  # the old port is busy
+            # the previous endpoint's port is still held by its closing connections (TIME_WAIT)
+            progress(0.3, f"port {port} is not free yet; serving on another port")
+            ep = endpoints.start_endpoint(self.ws, base, adapters, port=None, **kwargs)
         model = ep.base_name if o.merged else source.adapter_name
         served = Served(url=ep.url, model=model, adapter_id=None if o.merged else source.adapter_name)
         return Deployed(url=ep.url, served=served, details={"endpoint_id": ep.id, "port": ep.port})
