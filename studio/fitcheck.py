@@ -39,13 +39,16 @@ ADAPTER_BYTES_PER_PARAM = {"4bit": 8, "16bit": 16, "32bit": 16}
 # fp32 inside RMSNorm), q/k/v/o inputs, q after rotary, attention output, residuals, LoRA dropout
 # copies -> ~18 x hidden; k and v after rotary -> 4 x kv_dim; gate, up, SiLU(gate), product -> 4 x
 # intermediate. (Korthikanti et al. 2022 count 34 x hidden for a GPT block with 4x MLP: the same order.)
-ACT_ELEMS_PER_HIDDEN = 18
+# Calibrated (bench/RESULTS.md, 8B shape on an H200): without checkpointing 4 x 2048 tokens kept 69.8 GiB
+# of activations, 5% more than 18 x hidden gave, so 20.
+ACT_ELEMS_PER_HIDDEN = 20
 ACT_ELEMS_PER_KV = 4
 ACT_ELEMS_PER_INTERMEDIATE = 4
 # With gradient checkpointing only each layer's input is kept (1 x hidden), plus the full activations of
-# the one layer being recomputed and its gradients in flight (about 2 layers' worth).
+# the one layer being recomputed and its gradients in flight. Measured: 0.59 GiB more per 1,000 tokens of
+# micro-batch on the 8B shape (2 x 2048 -> 4 x 2048 packed), i.e. about 1.25 layers' worth.
 CKPT_ELEMS_PER_HIDDEN = 1
-CKPT_LIVE_LAYERS = 2
+CKPT_LIVE_LAYERS = 1.25
 # TRL 1.16 computes the loss with a fused, tiled LM head: the (tokens x vocab) logits are never whole.
 # What remains is its tile buffers and the fp32 per-token outputs: a small fixed amount.
 LOSS_HEAD_BYTES = 128 * MIB
@@ -53,9 +56,11 @@ LOSS_HEAD_BYTES = 128 * MIB
 # weight matrix, twice (forward and its transposed use may overlap).
 DEQUANT_BUFFERS = 2
 # The CUDA context and cuBLAS/cuDNN workspaces: outside torch's allocator but taken from free memory.
-CUDA_CONTEXT_BYTES = 600 * MIB
+# Measured 0.75-0.77 GiB (torch 2.11 + CUDA 13 on an H200).
+CUDA_CONTEXT_BYTES = 768 * MIB
 # The caching allocator's fragmentation and rounding, as a share of everything torch allocates.
-ALLOCATOR_OVERHEAD = 0.10
+# Measured reserved - allocated at the peak: 0.2-1.7 GiB, 2.5-12% of allocated.
+ALLOCATOR_OVERHEAD = 0.08
 # Only plan to use this share of the free memory: other processes (a desktop, a notebook) move.
 SAFETY_MARGIN = 0.95
 # Time: training FLOPs per token = 2P (forward) + 2P (backward to the activations; frozen weights get
@@ -63,7 +68,9 @@ SAFETY_MARGIN = 0.95
 # bf16 FLOP/s (model FLOPs utilisation): QLoRA dequantizes every weight each step, so it runs lower.
 FLOPS_PER_TOKEN_PER_PARAM = 4
 RECOMPUTE_FLOPS_PER_TOKEN_PER_PARAM = 2
-MFU = {"4bit": 0.30, "16bit": 0.40}
+# Measured on an H200, 8B shape, counting 6P with checkpointing: 0.23-0.26 packed, 0.17 per processed
+# token unpacked; an H100 has less memory bandwidth for the dequantization, so a little lower.
+MFU = {"4bit": 0.22, "16bit": 0.40}
 # Peak dense bf16 TFLOP/s by GPU name (vendor data sheets); unknown GPUs get the default.
 PEAK_TFLOPS = {
     "H200": 989, "H100": 989, "GH200": 989, "A100": 312, "L40S": 362, "L40": 181, "L4": 121,
@@ -76,9 +83,9 @@ DEFAULT_PEAK_TFLOPS = 100
 # 2-core test box: quick-test on demo-tiny (60 steps of 8 x ~40 tokens) took ~25 s.
 CPU_FLOPS = 20e9
 STEP_OVERHEAD_S = {"gpu": 0.05, "cpu": 0.30}
-# Rows padded to the longest in their batch process more tokens than they hold: ~1.3x for
-# spreadsheet rows of mixed length; packing removes the padding.
-PADDING_FACTOR = 1.3
+# Rows padded to the longest in their batch process more tokens than they hold: measured 1.5x (34%
+# padding) for log-normal lengths (median 400, sigma 0.7) in batches of 4; packing removes the padding.
+PADDING_FACTOR = 1.5
 # Without dataset numbers, assume examples half as long as max_length.
 DEFAULT_FILL = 0.5
 # ---------------------------------------------------------------------------------------------------
