@@ -35,6 +35,25 @@ def test_token_counter_counts_real_tokens_not_padding():
     assert counter.batches == [{"real": 4, "shape": [2, 3], "trained": 3}]
 
 
+def test_packed_rows_cannot_see_each_other(tmp_path):
+    """The packed variants are only fair if packing is exact: with the model as the studio loads it (no
+    KV cache), two rows in one sequence with restarting position ids give the logits each gives alone."""
+    import torch
+
+    from studio.training import recipe
+
+    bench.build_model("tiny", tmp_path)
+    cfg = bench.bench_config(bench.BY_NAME["packed"], 128, 1)
+    model = recipe.load_base_model(cfg, str(tmp_path)).eval()
+    a, b = torch.randint(8, 500, (1, 30)), torch.randint(8, 500, (1, 20))
+    with torch.no_grad():
+        alone_a, alone_b = model(a).logits, model(b).logits
+        positions = torch.cat([torch.arange(30), torch.arange(20)]).unsqueeze(0)
+        packed = model(input_ids=torch.cat([a, b], 1), position_ids=positions).logits
+    assert torch.allclose(packed[:, :30], alone_a, atol=1e-5)
+    assert torch.allclose(packed[:, 30:], alone_b, atol=1e-5)
+
+
 def test_best_keeps_only_changes_that_help():
     def row(name, tps):
         return {"config": name, "shape": "s", "tokens_per_s": tps}
@@ -61,7 +80,8 @@ def test_benchmark_runs_baseline_and_studio_on_cpu(tmp_path):
     base, studio, packed = results["baseline"], results["studio"], results["packed"]
     for r in results.values():
         assert r["tokens_per_s"] > 0 and r["measured_micro_batches"] == 4  # 1 measured step x 4 micro-batches
-        assert r["estimate_gb"] > 0 and r["device"] == "cpu"
+        assert r["device"] == "cpu" and len(r["micro_batch_s"]) == 8
+    assert studio["estimate_gb"] > 0 and packed["estimate_gb"] > 0 and "estimate_gb" not in base
     # Same rows, same order, same answers-only loss: the two paths start from the same losses.
     assert studio["first_losses"][0] == pytest.approx(base["first_losses"][0], abs=1e-3)
     assert len(base["first_losses"]) == 2
