@@ -186,13 +186,15 @@ def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int =
         try:
             while True:
                 event = await events.get()
-                if event["type"] == "end":
+                if event["type"] == "error":
+                    metrics.fail("generation")
+                    yield event
+                    return
+                yield event
+                if "end" in event:  # the last token: then the end itself, for those who wait for it
                     metrics.inc("tgi_request_success")
                     metrics.observe("tgi_request_duration", time.monotonic() - started)
-                elif event["type"] == "error":
-                    metrics.fail("generation")
-                yield event
-                if event["type"] in ("end", "error"):
+                    yield event["end"]
                     return
         finally:
             job.cancelled.set()
@@ -246,24 +248,23 @@ def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int =
                 yield _sse(exc.body())
 
         async def token_events() -> AsyncIterator[str]:
-            pending, index = None, 0
+            index = 0
             async for event in run(prep):
                 if event["type"] == "token":
-                    if pending is not None:
-                        yield _sse(pending)
                     index += 1
-                    pending = {"index": index, "token": event["token"], "generated_text": None, "details": None}
+                    out = {"index": index, "token": event["token"], "generated_text": None, "details": None}
                     if prep.sampling.top_n_tokens:
-                        pending["top_tokens"] = event["top_tokens"]
+                        out["top_tokens"] = event["top_tokens"]
+                    end = event.get("end")
+                    if end is not None:  # the last event carries the whole text (and details when asked)
+                        out["generated_text"] = (req.inputs if req.parameters.return_full_text else "") \
+                            + end["generated_text"]
+                        if req.parameters.details:
+                            out["details"] = {k: end[k] for k in (
+                                "finish_reason", "generated_tokens", "input_length", "seed")}
+                    yield _sse(out)
                 elif event["type"] == "error":
                     yield _sse({"error": event["message"], "error_type": "generation"})
-                elif event["type"] == "end":
-                    text = (req.inputs if req.parameters.return_full_text else "") + event["generated_text"]
-                    pending["generated_text"] = text
-                    if req.parameters.details:
-                        pending["details"] = {k: event[k] for k in (
-                            "finish_reason", "generated_tokens", "input_length", "seed")}
-                    yield _sse(pending)
 
         return StreamingResponse(events(), media_type="text/event-stream")
 

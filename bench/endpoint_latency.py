@@ -1,0 +1,295 @@
+"""Endpoint latency: time to first token (TTFT) and tokens/s of the embedded endpoint at 1 and at N
+concurrent clients, against plain in-process `model.generate` on the same prompts (the baseline).
+
+The endpoint is the real process (`python -m studio.serve`) serving the base model plus one LoRA
+adapter, and the clients ask the adapter, as the Chat tab does; they stream from /generate_stream
+over HTTP. The baseline runs the same base+adapter model in this process with the same greedy
+decoding and the same thread count: one prompt at a time for 1 client, N prompts as one left-padded
+batch for N clients (the best a single `generate` call can do; it cannot admit requests mid-way).
+
+    python bench/endpoint_latency.py                                   # demo-tiny on this CPU
+    python bench/endpoint_latency.py --shape llama-1b --device cuda    # random-weight Llama-3.2-1B shape
+    python bench/endpoint_latency.py --requests 8 --max-new-tokens 16  # quick (its test)
+
+Writes --out/results.json and prints a markdown table for bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SHAPES = {"llama-1b": "meta-llama/Llama-3.2-1B-Instruct", "llama-8b": "meta-llama/Llama-3.1-8B-Instruct"}
+QUESTIONS = [
+    "How do I reset my password?", "Where is my order?", "When do orders ship?", "How long do refunds take?",
+    "Can I change my delivery address?", "What if tracking has not changed?", "Who pays for returns?",
+    "Where do refunds go?", "What does BP mean?", "What does PRN mean?", "Do you ship abroad?",
+    "How do I cancel an order?", "Is my payment secure?", "Can I pay by invoice?", "Where is the sign-in page?",
+    "What is your return policy?",
+]
+
+
+def build(shape: str, folder: Path) -> tuple[Path, Path]:
+    """A base model (demo-tiny, or a catalog shape with random weights and demo-tiny's tokenizer) and a
+    random LoRA adapter for it, saved as a training run saves them."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from studio.demo_model import build_demo_model
+
+    base = folder / "base"
+    build_demo_model(folder / "demo-tiny")
+    tokenizer = AutoTokenizer.from_pretrained(folder / "demo-tiny")
+    if shape == "demo-tiny":
+        base = folder / "demo-tiny"
+    else:
+        from studio.models import catalog_entry
+
+        s = catalog_entry(SHAPES[shape]).shape
+        config = LlamaConfig(vocab_size=s.vocab, hidden_size=s.hidden, num_hidden_layers=s.layers,
+                             intermediate_size=s.intermediate, num_attention_heads=s.heads,
+                             num_key_value_heads=s.kv_heads, max_position_embeddings=4096,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                             bos_token_id=None, tie_word_embeddings=shape == "llama-1b")
+        torch.manual_seed(0)
+        with torch.device("cpu"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+        model.save_pretrained(base)
+        tokenizer.save_pretrained(base)
+        del model
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    lora = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"],
+                      init_lora_weights=False)
+    adapter = folder / "adapter"
+    get_peft_model(model, lora).save_pretrained(adapter)
+    tokenizer.save_pretrained(adapter)
+    return base, adapter
+
+
+def prompts(n: int) -> list[str]:
+    return [QUESTIONS[i % len(QUESTIONS)] + (f" (case {i})" if i >= len(QUESTIONS) else "") for i in range(n)]
+
+
+# ---------------------------------------------------------------------- the baseline
+
+
+def baseline(base: Path, adapter: Path, texts: list[str], clients: int, max_new: int, device: str) -> dict:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.generation.streamers import BaseStreamer
+
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    tokenizer = AutoTokenizer.from_pretrained(adapter)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device)
+    model = PeftModel.from_pretrained(model, adapter).eval()
+    eos = model.generation_config.eos_token_id
+
+    class FirstToken(BaseStreamer):
+        def __init__(self):
+            self.calls, self.first = 0, None
+
+        def put(self, value):
+            self.calls += 1
+            if self.calls == 2 and self.first is None:  # the first put is the prompt
+                self.first = time.perf_counter()
+
+        def end(self):
+            pass
+
+    def one_batch(batch: list[str]) -> tuple[float, float, int]:
+        chats = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                                               add_generation_prompt=True) for t in batch]
+        enc = tokenizer(chats, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        streamer = FirstToken()
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_new, do_sample=False, eos_token_id=eos,
+                                 pad_token_id=tokenizer.pad_token_id, streamer=streamer)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        end = time.perf_counter()
+        new = out[:, enc["input_ids"].shape[1]:]
+        tokens = int(sum(_length(row.tolist(), eos) for row in new))
+        return (streamer.first or end) - start, end - start, tokens
+
+    one_batch(texts[:1])  # warm-up
+    ttfts, tokens, started = [], 0, time.perf_counter()
+    for i in range(0, len(texts), clients):
+        ttft, _, n = one_batch(texts[i:i + clients])
+        ttfts.append(ttft)
+        tokens += n
+    wall = time.perf_counter() - started
+    return {"ttft_ms": _ms(ttfts), "tokens": tokens, "wall_s": round(wall, 3),
+            "tokens_per_s": round(tokens / wall, 1)}
+
+
+def _length(ids: list[int], eos) -> int:
+    eos = set(eos if isinstance(eos, list) else [eos])
+    for i, t in enumerate(ids):
+        if t in eos:
+            return i + 1
+    return len(ids)
+
+
+# ---------------------------------------------------------------------- the endpoint
+
+
+def endpoint_run(url: str, texts: list[str], clients: int, max_new: int) -> dict:
+    import threading
+
+    import httpx
+
+    local = threading.local()  # one keep-alive connection per client, as a client library holds one
+
+    def one(text: str) -> tuple[float, float, int]:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(timeout=600)
+        body = {"inputs": _chat(text), "parameters": {"max_new_tokens": max_new, "adapter_id": "tuned"}}
+        start = time.perf_counter()
+        first, n = None, 0
+        with local.client.stream("POST", url + "/generate_stream", json=body) as response:
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    first = first or time.perf_counter()
+                    n += 1
+        end = time.perf_counter()
+        return first - start, end - first, n
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, texts[:clients]))  # warm-up: each client opens its connection
+        started = time.perf_counter()
+        results = list(pool.map(one, texts))
+    wall = time.perf_counter() - started
+    tokens = sum(r[2] for r in results)
+    per_request = [(n - 1) / rest for _, rest, n in results if n > 1 and rest > 0]
+    return {"ttft_ms": _ms([r[0] for r in results]), "tokens": tokens, "wall_s": round(wall, 3),
+            "tokens_per_s": round(tokens / wall, 1),
+            "per_request_tokens_per_s": round(statistics.median(per_request), 1) if per_request else None}
+
+
+_TEMPLATE: dict = {}
+
+
+def _chat(text: str) -> str:
+    return _TEMPLATE["tokenizer"].apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                      add_generation_prompt=True)
+
+
+def _ms(values: list[float]) -> dict:
+    ordered = sorted(values)
+    return {"median": round(statistics.median(ordered) * 1000, 1),
+            "p90": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] * 1000, 1)}
+
+
+def start_endpoint(base: Path, adapter: Path, port: int, threads: int, log: Path) -> subprocess.Popen:
+    import httpx
+
+    argv = [sys.executable, "-m", "studio.serve", "--model", str(base), "--served-name", "base", "--adapter",
+            f"tuned={adapter}", "--port", str(port), "--threads", str(threads), "--log-level", "warning"]
+    proc = subprocess.Popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(log.read_text()[-3000:])
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    raise RuntimeError("endpoint did not start")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", default="demo-tiny", choices=["demo-tiny", *SHAPES])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--clients", default="1,8", help="concurrent clients to measure, comma-separated")
+    p.add_argument("--requests", type=int, default=32, help="requests per measurement")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads, the same in both (default 1)")
+    p.add_argument("--port", type=int, default=18931)
+    p.add_argument("--out", default=None, help="folder for results.json (default: a temporary one)")
+    args = p.parse_args(argv)
+    import torch
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out or tempfile.mkdtemp(prefix="endpoint-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    base, adapter = build(args.shape, out / "models")
+    _TEMPLATE["tokenizer"] = AutoTokenizer.from_pretrained(adapter)
+    texts = prompts(args.requests)
+    clients = [int(c) for c in args.clients.split(",")]
+    rows = []
+    for n in clients:
+        rows.append({"path": "model.generate (in-process)", "clients": n,
+                     **baseline(base, adapter, texts, n, args.max_new_tokens, args.device)})
+    proc = start_endpoint(base, adapter, args.port, args.threads, out / "server.log")
+    try:
+        for n in clients:
+            rows.append({"path": "endpoint over HTTP", "clients": n,
+                         **endpoint_run(f"http://127.0.0.1:{args.port}", texts, n, args.max_new_tokens)})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    facts = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "shape": args.shape, "device": args.device,
+        "machine": _machine(args.device), "threads": args.threads, "requests": args.requests,
+        "max_new_tokens": args.max_new_tokens, "load_average_after": os.getloadavg(),
+        "command": "python bench/endpoint_latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    result = {"facts": facts, "rows": rows}
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    print(markdown(result))
+    return result
+
+
+def _machine(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def markdown(result: dict) -> str:
+    f = result["facts"]
+    lines = [f"{f['shape']} on {f['machine']} ({f['device']}, {f['threads']} torch thread(s)), {f['date']}, "
+             f"{f['requests']} requests of {f['max_new_tokens']} new tokens, greedy; `{f['command']}`", "",
+             "| path | clients | TTFT median (ms) | TTFT p90 (ms) | tokens/s (all clients) | tokens/s per request |",
+             "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['path']} | {r['clients']} | {r['ttft_ms']['median']} | {r['ttft_ms']['p90']} | "
+                     f"{r['tokens_per_s']} | {r.get('per_request_tokens_per_s') or '-'} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
