@@ -59,7 +59,7 @@ DEQUANT_BUFFERS = 2
 # Measured 0.75-0.77 GiB (torch 2.11 + CUDA 13 on an H200).
 CUDA_CONTEXT_BYTES = 768 * MIB
 # The caching allocator's fragmentation and rounding, as a share of everything torch allocates.
-# Measured reserved - allocated at the peak: 0.2-1.7 GiB, 2.5-12% of allocated.
+# Measured reserved - allocated at the peak: 0.2-1.7 GiB, 2-13% of allocated.
 ALLOCATOR_OVERHEAD = 0.08
 # Only plan to use this share of the free memory: other processes (a desktop, a notebook) move.
 SAFETY_MARGIN = 0.95
