@@ -62,12 +62,14 @@ cat /tmp/smoke/results.md 2>/dev/null
   nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm,driver_version --format=csv \
     2>/dev/null || echo "no nvidia-smi"
   $PY - <<'EOF'
-import importlib, platform, sys
+import importlib, platform
+from importlib import metadata
 print("python", platform.python_version())
 for name in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "liger_kernel",
              "pydantic", "triton"):
     try:
-        print(name, importlib.import_module(name).__version__)
+        importlib.import_module(name)
+        print(name, metadata.version(name.replace("_", "-")))
     except Exception as exc:  # noqa: BLE001 - a missing one is a fact to record, not a failure
         print(name, "unavailable:", type(exc).__name__, exc)
 import torch
