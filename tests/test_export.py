@@ -11,18 +11,16 @@ import subprocess
 import sys
 
 import pytest
-import test_publish_helpers
-from test_publish_helpers import QA, register_run
+from test_publish_helpers import register_run
 
 from studio.errors import Conflict, ResourceError
 from studio.publish.card import render_card
 from studio.publish.export import ExportFailed, list_exports, start_export, wait_export
 from studio.publish.export_worker import folder_hash
-from studio.publish.pipeline import card_facts
+from studio.publish.pipeline import ensure_export
 from studio.publish.source import derive_limits, finished_run
 
-lora_adapter = test_publish_helpers.lora_adapter  # a session fixture
-PROMPTS = [[{"role": "user", "content": q}] for q, _ in QA[:2]]
+PROMPTS = [[{"role": "user", "content": "Do you ship abroad?"}]]
 
 
 def greedy(model, tokenizer, messages, n=24) -> list[int]:
@@ -42,76 +40,70 @@ def studio_model(base_source, adapter_dir):
     return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_source), adapter_dir).eval()
 
 
-def export_run(ws, run_id, kind, prompts=PROMPTS, **kw):
-    source = finished_run(ws, run_id)
-    export = start_export(ws, source, kind, prompts=prompts, expected=[a for _, a in QA[:len(prompts)]],
-                          card=card_facts(ws, source), max_new_tokens=12, **kw)
-    return wait_export(ws, export.id, timeout=180)
+def shared_export(trained_run, kind):
+    """The trained run's export of this kind (made once per session, reused by the publish tests)."""
+    return ensure_export(trained_run.ws, finished_run(trained_run.ws, trained_run.run_id), kind)
 
 
 @pytest.mark.slow
-def test_merged_export_reloads_with_plain_transformers_and_answers_like_the_run(ws, lora_adapter, demo_model_source):
+def test_merged_export_reloads_with_plain_transformers_and_answers_like_the_run(trained_run, demo_model_source):
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-    run_id = register_run(ws, lora_adapter)
-    export = export_run(ws, run_id, "merged", shard_size="1MB")
-    files = sorted(os.listdir(export.model_dir))
-    shards = [f for f in files if f.endswith(".safetensors")]
-    assert len(shards) > 1 and "model.safetensors.index.json" in files  # sharded
-    assert {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "README.md"} <= set(files)
+    export = shared_export(trained_run, "merged")
+    files = set(os.listdir(export.model_dir))
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+            "README.md"} <= files
     assert not (export.folder / "model.partial").exists()
 
     merged = AutoModelForCausalLM.from_pretrained(export.model_dir).eval()  # plain transformers, no peft
     tokenizer = AutoTokenizer.from_pretrained(export.model_dir)
     assert not any("lora" in name for name, _ in merged.named_parameters())
-    run_tokenizer = AutoTokenizer.from_pretrained(lora_adapter)
+    run_tokenizer = AutoTokenizer.from_pretrained(trained_run.adapter_dir)
     assert tokenizer.chat_template == run_tokenizer.chat_template
-    reference = studio_model(demo_model_source, lora_adapter)
-    for messages in PROMPTS:
-        assert greedy(merged, tokenizer, messages) == greedy(reference, run_tokenizer, messages)
+    reference = studio_model(demo_model_source, trained_run.adapter_dir)
+    recorded = export.reference()["prompts"]
+    assert len(recorded) == 3
+    for item in recorded:
+        assert greedy(merged, tokenizer, item["messages"]) == greedy(reference, run_tokenizer, item["messages"])
+        assert item["tuned"]["finish"] == "eos" and item["tuned"]["text"] != item["base"]["text"]
 
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     eos = GenerationConfig.from_pretrained(export.model_dir).eos_token_id
     assert im_end in (eos if isinstance(eos, list) else [eos])
     assert export.dtype == "float32"  # demo-tiny is stored in float32, so the merge kept float32
 
-    recorded = export.reference()
-    assert [p["messages"] for p in recorded["prompts"]] == PROMPTS
-    assert all(p["tuned"]["text"] != p["base"]["text"] for p in recorded["prompts"])  # the adapter matters
-
     card = (export.model_dir / "README.md").read_text()
-    for fact in ("base_model: demo-tiny", run_id, "quick-test", "1.2500", "Intended use", "Limitations", "<|im_end|>"):
-        assert fact in card
+    for fact in ("base_model: demo-tiny", trained_run.run_id, trained_run.dataset_id, "quick-test", "Intended use",
+                 "Limitations", "<|im_end|>"):
+        assert fact in card, fact
     digest, sizes = folder_hash(export.model_dir)
     assert export.export_hash == digest == json.loads((export.folder / "manifest.json").read_text())["export_hash"]
     assert export.bytes == sum(sizes.values())
-    assert export.version == f"{run_id}@{digest[:12]}"
+    assert export.version == f"{trained_run.run_id}@{digest[:12]}"
 
 
 @pytest.mark.slow
-def test_adapter_export_reloads_with_peft_and_answers_like_the_run(ws, lora_adapter, demo_model_source):
+def test_adapter_export_reloads_with_peft_and_answers_like_the_run(trained_run, demo_model_source):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    run_id = register_run(ws, lora_adapter)
-    export = export_run(ws, run_id, "adapter")
+    export = shared_export(trained_run, "adapter")
     files = set(os.listdir(export.model_dir))
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "generation_config.json",
             "README.md"} <= files
-    assert not any(f.startswith("model") for f in files)  # the adapter alone: a few hundred KB
-    assert export.bytes < 1_000_000
+    assert not any(f.startswith("model") for f in files)  # the adapter alone
+    assert export.bytes < 2_000_000
     exported = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_model_source),
                                          export.model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(export.model_dir)
-    reference = studio_model(demo_model_source, lora_adapter)
-    for messages in PROMPTS:
-        assert greedy(exported, tokenizer, messages) == greedy(reference, tokenizer, messages)
+    reference = studio_model(demo_model_source, trained_run.adapter_dir)
+    for item in export.reference()["prompts"]:
+        assert greedy(exported, tokenizer, item["messages"]) == greedy(reference, tokenizer, item["messages"])
     assert "library_name: peft" in (export.model_dir / "README.md").read_text()
 
 
 @pytest.mark.slow
-def test_a_bf16_base_is_merged_in_bf16(ws, lora_adapter, demo_model_source, tmp_path):
+def test_a_bf16_base_is_merged_in_bf16_into_shards(ws, trained_run, demo_model_source, tmp_path):
     import torch
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -119,23 +111,31 @@ def test_a_bf16_base_is_merged_in_bf16(ws, lora_adapter, demo_model_source, tmp_
     base = tmp_path / "bf16-base"
     AutoModelForCausalLM.from_pretrained(demo_model_source, dtype=torch.bfloat16).save_pretrained(base)
     AutoTokenizer.from_pretrained(demo_model_source).save_pretrained(base)
-    run_id = register_run(ws, lora_adapter)
+    run_id = register_run(ws, trained_run.adapter_dir)
     with ws.db() as db:
         db["runs"].update(run_id, {"base_model": str(base)})
-    export = export_run(ws, run_id, "merged", prompts=[])  # no replies to record: only the weights matter here
+    source = finished_run(ws, run_id)
+    export = start_export(ws, source, "merged", prompts=[], shard_size="1MB")  # only the weights matter here
+    export = wait_export(ws, export.id, timeout=180)
     assert export.dtype == "bfloat16"
-    with safe_open(str(export.model_dir / "model.safetensors"), "pt") as f:
-        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    shards = sorted(p.name for p in export.model_dir.glob("*.safetensors"))
+    assert len(shards) > 1 and (export.model_dir / "model.safetensors.index.json").exists()  # sharded
+    dtypes = set()
+    for shard in shards:
+        with safe_open(str(export.model_dir / shard), "pt") as f:
+            dtypes |= {f.get_tensor(k).dtype for k in f.keys()}
     assert dtypes == {torch.bfloat16}
     assert json.loads((export.model_dir / "config.json").read_text())["dtype"] == "bfloat16"
+    merged = AutoModelForCausalLM.from_pretrained(export.model_dir)  # the shards load back
+    assert merged.dtype == torch.bfloat16
 
 
-def test_export_refuses_when_the_disk_is_too_small(ws, lora_adapter, monkeypatch):
+def test_export_refuses_when_the_disk_is_too_small(ws, trained_run, monkeypatch):
     import shutil as real_shutil
 
     from studio.publish import export as export_module
 
-    run_id = register_run(ws, lora_adapter)
+    run_id = register_run(ws, trained_run.adapter_dir)
     usage = real_shutil.disk_usage(ws.home)
     monkeypatch.setattr(export_module.shutil, "disk_usage", lambda path: usage._replace(free=1_000_000))
     with pytest.raises(ResourceError) as info:
@@ -146,10 +146,10 @@ def test_export_refuses_when_the_disk_is_too_small(ws, lora_adapter, monkeypatch
 
 
 @pytest.mark.slow
-def test_disk_full_during_the_export_fails_cleanly(ws, lora_adapter):
+def test_disk_full_during_the_export_fails_cleanly(ws, trained_run):
     """The export process may write files of at most 1 MB (RLIMIT_FSIZE, inherited): writing the weights
     fails with EFBIG as on a full disk, and the export says so."""
-    run_id = register_run(ws, lora_adapter)
+    run_id = register_run(ws, trained_run.adapter_dir)
     source = finished_run(ws, run_id)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit returns EFBIG instead
@@ -167,8 +167,13 @@ def test_disk_full_during_the_export_fails_cleanly(ws, lora_adapter):
     assert not (failed.folder / "model").exists() and not (failed.folder / "model.partial").exists()
 
 
-def test_a_run_that_has_not_finished_is_refused(ws, lora_adapter):
-    run_id = register_run(ws, lora_adapter, status="running")
+def test_a_run_that_has_not_finished_is_refused(ws):
+    from studio.db import now
+
+    run_id = "run-20260101-000000-busy"
+    with ws.db() as db:
+        db["runs"].insert({"id": run_id, "status": "running", "created_at": now(), "path": str(ws.runs_dir / run_id),
+                           "base_model": "demo-tiny"})
     with pytest.raises(Conflict) as info:
         finished_run(ws, run_id)
     assert "is running, not finished" in info.value.message

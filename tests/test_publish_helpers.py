@@ -1,8 +1,5 @@
-"""Shared by the publish tests: a LoRA adapter on demo-tiny with random (non-zero) weights, built once,
-and registering a finished run around an adapter folder in a workspace.
-
-Import the names you need: `from test_publish_helpers import lora_adapter, register_run`.
-"""
+"""Shared by the publish tests: registering a finished run around an adapter folder (usually a copy of
+the session's trained run) in a workspace. `from test_publish_helpers import register_run`."""
 
 from __future__ import annotations
 
@@ -11,29 +8,9 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 QA = [("What are your opening hours?", "We are open 9 to 5."), ("Do you ship abroad?", "Yes, to the EU."),
       ("How do I reset my password?", "Click 'Forgot password'."), ("Can I pay by card?", "Yes, all cards."),
       ("Where is my order?", "See the tracking link.")]
-
-
-@pytest.fixture(scope="session")
-def lora_adapter(demo_model_source, tmp_path_factory) -> Path:
-    """A run-like adapter folder: peft adapter (r=4, random so it changes the replies), tokenizer with
-    the chat template, generation_config.json. Built once per test session."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out = tmp_path_factory.mktemp("lora") / "adapter"
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(demo_model_source)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    get_peft_model(model, config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(demo_model_source).save_pretrained(out)
-    model.generation_config.save_pretrained(out)
-    return out
 
 
 def register_run(ws, adapter_dir: Path, run_id: str = "run-20260101-000000-test", *, status: str = "succeeded",
