@@ -187,6 +187,8 @@ def test_a_run_that_has_not_finished_is_refused(ws):
 def test_token_limits_come_from_the_data():
     split = derive_limits(100, 40, 150, max_length=512, context=4096)
     assert (split.max_input_tokens, split.max_total_tokens) == (192, 192 + 128)
+    answers_and_rows = derive_limits(None, 40, 150, max_length=512, context=4096)  # what the data report has
+    assert (answers_and_rows.max_input_tokens, answers_and_rows.max_total_tokens) == (256, 256 + 128)
     rows_only = derive_limits(None, None, 300, max_length=512, context=4096)
     assert (rows_only.max_input_tokens, rows_only.max_total_tokens) == (512, 512 + 320)
     assert "longest conversation (300 tokens)" in rows_only.basis

@@ -145,11 +145,12 @@ def derive_limits(longest_prompt: int | None, longest_answer: int | None, longes
     both are bounded by the longest one; with no statistics at all, by the training length. Rounded up
     to multiples of 64, never above the model's context.
     """
-    if longest_prompt and longest_answer:
-        inp = max(64, _round_up(longest_prompt * 1.5, 64))
+    if longest_answer and (longest_prompt or longest_row):
+        prompt = longest_prompt or longest_row  # a whole conversation bounds its prompt
+        inp = max(64, _round_up(prompt * 1.5, 64))
         new = max(64, _round_up(longest_answer * 2, 64))
-        basis = (f"the data's longest prompt ({longest_prompt} tokens) ×1.5 and longest answer "
-                 f"({longest_answer} tokens) ×2")
+        basis = (f"the data's longest {'prompt' if longest_prompt else 'conversation'} ({prompt} tokens) ×1.5 "
+                 f"and longest answer ({longest_answer} tokens) ×2")
     elif longest_row:
         inp = max(64, _round_up(longest_row * 1.5, 64))
         new = max(64, _round_up(longest_row, 64))
@@ -195,3 +196,11 @@ def _local_context(ws: Workspace, source: RunSource) -> int | None:
     if resolved.local and path.exists():
         return json.loads(path.read_text()).get("max_position_embeddings")
     return None
+
+
+def publishable_runs(ws: Workspace) -> list[tuple[str, str]]:
+    """(label, run id) of every run that succeeded, newest first: what the Publish tab offers."""
+    with ws.db() as db:
+        rows = list(db["runs"].rows_where("status = 'succeeded'", order_by="created_at desc",
+                                          select="id, name, base_model, dataset_id, finished_at, created_at"))
+    return [(f"{r['name'] or r['id']} — {r['base_model']} on {r['dataset_id']} ({r['id']})", r["id"]) for r in rows]
