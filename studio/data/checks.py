@@ -35,18 +35,31 @@ def normalise(texts: pa.Array) -> pa.Array:
     """Lower case, punctuation and symbols dropped, runs of whitespace as one space."""
     import pyarrow.compute as pc
 
-    out = pc.utf8_lower(texts)
-    out = pc.replace_substring_regex(out, r"[\p{P}\p{S}]+", " ")
-    out = pc.replace_substring_regex(out, r"\s+", " ")
-    return pc.utf8_trim_whitespace(out)
+    out = pc.replace_substring_regex(pc.utf8_lower(texts), r"[\p{P}\p{S}]+", " ")
+    # splitting on whitespace and joining is ~5x faster than a \s+ regex
+    return pc.binary_join(pc.utf8_split_whitespace(pc.utf8_trim_whitespace(out)), " ")
 
 
-def first_occurrence(keys: pa.Array) -> np.ndarray:
-    """For each row, the position of the first row with the same key."""
+def codes_of(texts: pa.Array) -> np.ndarray:
+    """An integer per distinct text (hashing each string once)."""
     import pandas as pd
 
-    codes, _ = pd.factorize(keys.to_pandas(), sort=False)
-    first = np.full(codes.max() + 1 if len(codes) else 0, len(codes), dtype=np.int64)
+    codes, _ = pd.factorize(texts.to_pandas(), sort=False)
+    return codes.astype(np.int64)
+
+
+def pair_codes(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return codes_of_ints(a * (int(b.max(initial=0)) + 1) + b)
+
+
+def codes_of_ints(values: np.ndarray) -> np.ndarray:
+    _, inverse = np.unique(values, return_inverse=True)
+    return inverse.astype(np.int64).reshape(-1)
+
+
+def first_occurrence(codes: np.ndarray) -> np.ndarray:
+    """For each row, the position of the first row with the same code."""
+    first = np.full(int(codes.max()) + 1 if len(codes) else 0, len(codes), dtype=np.int64)
     np.minimum.at(first, codes, np.arange(len(codes)))
     return first[codes]
 
@@ -56,6 +69,7 @@ class Checked:
     """The outcome of checking one file's conversations."""
 
     kept: Conversations
+    question_keys: pa.Array  # the kept rows' prompts, normalised: what the split and the leak check compare
     tokens: np.ndarray  # of the kept rows
     answer_tokens: np.ndarray
     counted_tokens: np.ndarray  # every row that was tokenised (kept and too long), for the histogram
@@ -94,18 +108,22 @@ def check_conversations(
     for pos in np.flatnonzero(empty_a & ~empty_q):
         reject("empty answer", conv.index[pos], "the answer is empty")
     keep &= ~(empty_q | empty_a)
-    key = pc.binary_join_element_wise(conv.prompt, conv.answer, "\x1e")
-    for check, keys, text in (
-        ("exact duplicate", key, "exact duplicate of {}"),
-        ("near duplicate", normalise(key), "same as {} apart from case, spacing or punctuation"),
+    conv = conv.take(np.flatnonzero(keep))
+    norm_prompt, norm_answer = normalise(conv.prompt), normalise(conv.answer)
+    norm_codes = (codes_of(norm_prompt), codes_of(norm_answer))
+    keep = np.ones(len(conv), dtype=bool)
+    for check, (prompt_codes, answer_codes), text in (
+        ("exact duplicate", (codes_of(conv.prompt), codes_of(conv.answer)), "exact duplicate of {}"),
+        ("near duplicate", norm_codes, "same as {} apart from case, spacing or punctuation"),
     ):
         candidates = np.flatnonzero(keep)
-        first = first_occurrence(keys.take(pa.array(candidates)))
-        for pos, first_pos in zip(candidates, candidates[first], strict=True):
-            if pos != first_pos:
-                reject(check, conv.index[pos], text.format(where(first_pos)))
-                keep[pos] = False
-    conv = conv.take(np.flatnonzero(keep))
+        first = first_occurrence(pair_codes(prompt_codes[candidates], answer_codes[candidates]))
+        for pos in np.flatnonzero(first != np.arange(len(candidates))):
+            reject(check, conv.index[candidates[pos]], text.format(where(candidates[first[pos]])))
+            keep[candidates[pos]] = False
+    positions = np.flatnonzero(keep)
+    conv, norm_prompt = conv.take(positions), norm_prompt.take(pa.array(positions))
+    norm_codes = (norm_codes[0][positions], norm_codes[1][positions])
     counts = count_tokens(tokenizer, conv)
     tokens, answer_tokens = counts.tokens.copy(), counts.answer_tokens.copy()
     counted = counts.tokens.copy()
@@ -131,22 +149,24 @@ def check_conversations(
     if replacements:
         conv = _replace_chats(conv, replacements)
     positions = np.flatnonzero(keep)
-    conv = conv.take(positions)
+    conv, norm_prompt = conv.take(positions), norm_prompt.take(pa.array(positions))
+    norm_codes = (norm_codes[0][positions], norm_codes[1][positions])
     tokens, answer_tokens = tokens[positions], answer_tokens[positions]
     suffix = counts.suffix_tokens[positions]
     warnings: dict[str, list[int]] = {}
     short = np.flatnonzero(answer_tokens - suffix < SHORT_ANSWER_TOKENS)
     if len(short):
         warnings["very short answers"] = conv.index[short].tolist()
-    both = pc.binary_join_element_wise(conv.prompt, conv.answer, "\n")
     for kind, pattern in PII_PATTERNS.items():
-        hits = np.flatnonzero(pc.match_substring_regex(both, pattern).to_numpy(zero_copy_only=False))
-        if len(hits):
-            warnings[f"possible personal data: {kind}"] = conv.index[hits].tolist()
-    conflicting = _conflicting_answers(conv)
+        found = np.zeros(len(conv), dtype=bool)
+        for texts in (conv.prompt, conv.answer):
+            found |= pc.match_substring_regex(texts, pattern).to_numpy(zero_copy_only=False)
+        if found.any():
+            warnings[f"possible personal data: {kind}"] = conv.index[found].tolist()
+    conflicting = _conflicting_answers(*norm_codes)
     if len(conflicting):
         warnings["same question, different answers"] = conv.index[conflicting].tolist()
-    return Checked(conv, tokens, answer_tokens, counted, rejected, reasons, truncated, warnings,
+    return Checked(conv, norm_prompt, tokens, answer_tokens, counted, rejected, reasons, truncated, warnings,
                    tokens_linear=counts.jinja_shapes == 0)
 
 
@@ -164,20 +184,18 @@ def _replace_chats(conv: Conversations, replacements: dict[int, list[dict]]) -> 
     return Conversations(messages, conv.index, conv.prompt, answers.take(pa.array(take)), conv.question)
 
 
-def _conflicting_answers(conv: Conversations) -> np.ndarray:
-    """Rows whose question also appears with a different answer."""
-    import pandas as pd
-
-    if len(conv) == 0:
+def _conflicting_answers(question_codes: np.ndarray, answer_codes: np.ndarray) -> np.ndarray:
+    """Rows whose (normalised) question also appears with a different answer."""
+    if len(question_codes) == 0:
         return np.array([], dtype=np.int64)
-    frame = pd.DataFrame({"q": normalise(conv.prompt).to_pandas(), "a": normalise(conv.answer).to_pandas()})
-    answers_per_question = frame.groupby("q", sort=False)["a"].transform("nunique")
-    return np.flatnonzero(answers_per_question.to_numpy() > 1)
+    pairs = np.unique(np.stack([question_codes, answer_codes], axis=1), axis=0)
+    answers_per_question = np.bincount(pairs[:, 0], minlength=int(question_codes.max()) + 1)
+    return np.flatnonzero(answers_per_question[question_codes] > 1)
 
 
 def split_rows(keys: pa.Array, *, val_fraction: float, val_size: int | None, seed: int) -> np.ndarray:
-    """A seeded train/validation split that keeps rows with the same (normalised) question on one side,
-    so the validation loss is never measured on questions seen in training. Returns True for validation."""
+    """A seeded train/validation split that keeps rows with the same normalised question (`keys`, from
+    normalise()) on one side, so validation never measures questions seen in training. True = validation."""
     n = len(keys)
     is_val = np.zeros(n, dtype=bool)
     target = int(val_size) if val_size is not None else int(round(n * val_fraction))
@@ -186,7 +204,7 @@ def split_rows(keys: pa.Array, *, val_fraction: float, val_size: int | None, see
     target = min(target, n - 1)
     if target <= 0:
         return is_val
-    group = first_occurrence(normalise(keys))
+    group = first_occurrence(codes_of(keys))
     groups, sizes = np.unique(group, return_counts=True)
     order = np.random.default_rng(seed).permutation(len(groups))
     chosen, total = [], 0
@@ -201,9 +219,8 @@ def split_rows(keys: pa.Array, *, val_fraction: float, val_size: int | None, see
     return is_val
 
 
-def leaked(train_prompts: pa.Array, val_prompts: pa.Array) -> np.ndarray:
+def leaked(train_keys: pa.Array, val_keys: pa.Array) -> np.ndarray:
     """Positions of validation rows whose normalised question is also a training question."""
     import pyarrow.compute as pc
 
-    return np.flatnonzero(pc.is_in(normalise(val_prompts), value_set=normalise(train_prompts))
-                          .to_numpy(zero_copy_only=False))
+    return np.flatnonzero(pc.is_in(val_keys, value_set=train_keys).to_numpy(zero_copy_only=False))

@@ -152,12 +152,13 @@ def prepare(
     rejected = [("data", i, r) for i, r in main.rejected]
     counted = [main.counted_tokens]
     if val_table is None:
-        is_val = split_rows(main.kept.prompt, val_fraction=val_fraction, val_size=val_size, seed=seed)
+        is_val = split_rows(main.question_keys, val_fraction=val_fraction, val_size=val_size, seed=seed)
         train_pos, val_pos = np.flatnonzero(~is_val), np.flatnonzero(is_val)
         train_conv, val_conv = main.kept.take(train_pos), main.kept.take(val_pos)
         train_tokens, val_tokens = main.tokens[train_pos], main.tokens[val_pos]
         answer_tokens = main.answer_tokens
-        leaks = leaked(train_conv.prompt, val_conv.prompt)
+        keys = main.question_keys
+        leaks = leaked(keys.take(pa.array(train_pos)), keys.take(pa.array(val_pos)))
         share = f"{val_size} rows" if val_size is not None else f"{val_fraction:g} of the rows"
         val_source = f"seeded split (seed {seed}, {share})"
     else:
@@ -175,7 +176,7 @@ def prepare(
             warnings.setdefault(key, []).extend(("validation", i) for i in items)
         rejected += [("validation", i, r) for i, r in val.rejected]
         counted.append(val.counted_tokens)
-        leaks = leaked(main.kept.prompt, val.kept.prompt)
+        leaks = leaked(main.question_keys, val.question_keys)
         for pos in leaks:
             rejected.append(("validation", int(val.kept.index[pos]), "the same question is in the training data"))
         reasons["leaked into validation"] = [("validation", int(val.kept.index[p])) for p in leaks]

@@ -168,6 +168,15 @@ _FORMATS_FIX = "Upload a CSV, TSV, JSONL, JSON, Parquet or XLSX file (in Excel: 
 
 def _sniff_encoding(head: bytes) -> str | None:
     """The text encoding of a file from its first bytes; None for binary content."""
+    encoding = _guess_encoding(head)
+    if encoding is None or encoding in ("cp1252", "latin-1"):
+        return encoding
+    text = _decode_sample(head, encoding) or ""
+    controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f\v")
+    return None if controls > max(8, len(text) // 100) else encoding
+
+
+def _guess_encoding(head: bytes) -> str | None:
     if head.startswith(codecs.BOM_UTF8):
         return "utf-8-sig"
     if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
@@ -183,10 +192,8 @@ def _sniff_encoding(head: bytes) -> str | None:
         if even > 0.3 * half and odd < 0.05 * half:
             return "utf-16-be"
         return None
-    text = _decode_sample(head, "utf-8")
-    if text is not None:
-        controls = sum(1 for ch in text if ord(ch) < 32 and ch not in "\t\n\r\f\v")
-        return None if controls > max(8, len(text) // 100) else "utf-8"
+    if _decode_sample(head, "utf-8") is not None:
+        return "utf-8"
     try:
         head.decode("cp1252")
     except UnicodeDecodeError:
@@ -496,7 +503,7 @@ def _check_columns(table: SourceTable) -> None:
         text = series if series.dtype != object else series.map(lambda v: "" if v in ("", None) else "x")
         filled = text.str.strip() != ""
         if not filled.any():
-            frame.drop(columns=[col], inplace=True)
+            del frame[col]
             table.dropped_columns.append(f"column {position} (no name, empty)")
             continue
         first = int(table.rows[int(np.argmax(filled.to_numpy()))])

@@ -213,6 +213,8 @@ def _text(table: SourceTable, column: str | None):
     if column is None:
         return pa.array([""] * len(table.frame), type=pa.string())
     values = pa.array(table.frame[column], type=pa.string(), from_pandas=True)
+    if isinstance(values, pa.ChunkedArray):  # a big CSV arrives in blocks
+        values = values.combine_chunks()
     return pc.utf8_trim_whitespace(values.fill_null(""))
 
 
@@ -247,7 +249,9 @@ def _from_columns(table: SourceTable, mapping: dict[str, str], system_prompt: st
     contents = pool.take(pa.array(take))
     structs = pa.StructArray.from_arrays([roles, contents], names=["role", "content"])
     messages = pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), structs)
-    prompt = pc.binary_join_element_wise(system, user, "\x1f")
+    # the prompt key only needs the system prompt when rows differ in it (no copy of every question otherwise)
+    same_system = pc.count_distinct(system).as_py() <= 1
+    prompt = user if same_system else pc.binary_join_element_wise(system, user, "\x1f")
     return Conversations(messages, rows, prompt, assistant, user)
 
 

@@ -1,0 +1,92 @@
+"""The Data tab: its events do the flow a newcomer follows (sample → check → save → versions), over real HTTP."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+
+from studio.data import store
+
+
+def value(output):
+    """A component update arrives as a dict; its value is what the person sees."""
+    return output["value"] if isinstance(output, dict) and "__type__" in output else output
+
+
+@pytest.fixture
+def served(ws):
+    from gradio_client import Client
+
+    from studio.ui.app import build_app
+
+    app = build_app(ws)
+    app.queue().launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield app, Client(app.local_url, verbose=False)
+    finally:
+        app.close()
+
+
+def test_sample_check_save_show_rename_delete_over_http(ws, served):
+    app, client = served
+    texts = [getattr(b, "value", "") or "" for b in app.blocks.values()]
+    assert any("Use a sample" in str(t) and "1. **Upload**" in str(t) for t in texts)  # the first-run guide
+    buttons = [b.value for b in app.blocks.values() if type(b).__name__ == "Button"]
+    assert "Use a sample" in buttons and "3. Check and preview" in buttons
+    info, sample_rows, *roles, sheet = client.predict("support_faq.csv", api_name="/data_use_sample")
+    roles = [value(r) for r in roles]
+    instruction, context, output = roles[:3]
+    assert "support_faq.csv" in info and "guess" in info
+    assert (instruction, context, output) == ("question", "(none)", "answer")
+    settings = ["You are the support agent of Acme.", "demo-tiny", "auto", None, "drop", 0.1, 42, None, ""]
+    summary, preview, checks, rejected, plot, name = client.predict(*roles, *settings, api_name="/data_check")
+    assert "45 training and 5 validation rows" in summary and value(name) == "support_faq"
+    answers = "".join(re.findall(r'background:#c8f0c8;">([^<]*)<', preview))  # the green (learned) tokens
+    assert answers.startswith("Open the sign-in page, choose Forgot password")
+    assert "How do I reset my password?" in re.sub(r"<[^>]+>", "", preview)
+    assert rejected is None and plot is not None
+    saved, versions, version_id = client.predict(*roles, *settings, api_name="/data_save")
+    assert "Saved" in saved
+    (version,) = store.list_versions(ws)
+    assert version.system_prompt == "You are the support agent of Acme." and value(version_id) == version.id
+    detail, preview_html = client.predict(version.id, api_name="/data_show")
+    assert version.id in detail and "support agent of Acme" in re.sub(r"<[^>]+>", "", preview_html)
+    message, _ = client.predict(version.id, "FAQ v1", api_name="/data_rename")
+    assert store.get_version(ws, version.id).name == "FAQ v1"
+    with ws.db() as db:
+        db["runs"].insert({"id": "run-1", "dataset_id": version.id, "status": "running",
+                           "created_at": "2026-01-01T00:00:00+00:00", "path": str(ws.runs_dir / "run-1")})
+    with pytest.raises(Exception, match="used by 1 run"):
+        client.predict(version.id, api_name="/data_delete")
+    assert store.get_version(ws, version.id)
+
+
+def test_upload_with_problems_offers_rejected_csv(ws, served, tmp_path):
+    from gradio_client import handle_file
+
+    _, served = served
+    path = tmp_path / "sheet.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["Customer question", "Agent answer"])
+        writer.writerows([[f"Question {i} about the order?", f"Answer {i} about the order."] for i in range(8)])
+        writer.writerow(["Question 1 about the order?", "Answer 1 about the order."])
+        writer.writerow(["Where is it?", ""])
+    info, *_ = served.predict(handle_file(str(path)), api_name="/data_inspect")
+    assert "10 rows" in info
+    roles = ["Customer question", "(none)", "Agent answer", "(none)", "(none)"]
+    settings = ["", "demo-tiny", "auto", None, "drop", 0.2, 42, None, "my sheet"]
+    summary, _, checks, rejected, _, name = served.predict(*roles, *settings, api_name="/data_check")
+    assert "2 rejected" in summary
+    rows = list(csv.DictReader(io.StringIO(Path(rejected).read_text("utf-8-sig"))))
+    assert [(r["row"], r["reason"]) for r in rows] == [("10", "exact duplicate of row 3"),
+                                                       ("11", "the answer is empty")]
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"\x00\x01\x02" * 400)
+    with pytest.raises(Exception, match="binary"):
+        served.predict(handle_file(str(bad)), api_name="/data_inspect")
