@@ -338,34 +338,26 @@ def _find_fitting_change(
 
 
 def dataset_stats(ws: Workspace, dataset_id: str, base_model: str, sample: int = 2000) -> dict[str, Any]:
-    """Rows and token lengths of a dataset version as this base model's tokenizer counts them.
+    """Rows and token lengths of a dataset version, for the estimate.
 
-    Counts a random sample of up to `sample` rows rendered with the chat template; the max is the
-    sample's max (the Data tab's report is the place for exact numbers).
+    The Data tab's report has them when the version was counted with this base model's tokenizer;
+    otherwise a random sample of up to `sample` rows is rendered and counted with it.
     """
     from studio.data.store import get_version, load_split
+    from studio.data.templates import apply_template
     from studio.models import load_tokenizer
 
     version = get_version(ws, dataset_id)
+    tokens = (version.report or {}).get("tokens") or {}
+    if version.base_model == base_model and tokens.get("max"):
+        return {"rows": version.rows_train, "mean_tokens": tokens.get("mean"), "max_tokens": tokens.get("max")}
     train = load_split(ws, dataset_id, "train")
     if len(train) > sample:
         train = train.shuffle(seed=0).select(range(sample))
-    tokenizer = load_tokenizer(ws, base_model)
-    _apply_version_template(tokenizer, version.template)
-    lengths = [
-        len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=False))
-        for row in train
-    ]
+    tokenizer = apply_template(load_tokenizer(ws, base_model), version.template or "model")
+    lengths = [len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=False)) for row in train]
     return {
         "rows": version.rows_train,
         "mean_tokens": sum(lengths) / len(lengths) if lengths else 0,
         "max_tokens": max(lengths) if lengths else 0,
     }
-
-
-def _apply_version_template(tokenizer: Any, template: str) -> Any:
-    if template in ("", "model"):
-        return tokenizer
-    from studio.data.templates import apply_template
-
-    return apply_template(tokenizer, template)

@@ -586,3 +586,55 @@ def wait_for(ws: Workspace, run_id: str, timeout: float, poll: float = 0.5) -> R
     deadline = time.monotonic() + timeout
     worker(ws, until=lambda: get_run(ws, run_id).status not in ACTIVE or time.monotonic() > deadline, poll=poll)
     return get_run(ws, run_id)
+
+
+# ------------------------------------------------------------------------------------------ words
+
+
+def command_line(base_model: str, dataset_id: str, preset: str, overrides: dict[str, Any] | None = None,
+                 name: str | None = None) -> str:
+    """The `studio train` line that starts the same run as the Train tab's form."""
+    import shlex
+
+    parts = ["studio", "train", "--data", dataset_id, "--model", base_model, "--preset", preset]
+    for key, value in (overrides or {}).items():
+        text = json.dumps(value) if isinstance(value, list | bool) else str(value)
+        parts += ["--set", f"{key}={text}"]
+    if name:
+        parts += ["--name", name]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def seconds_text(value: float | None) -> str:
+    if value is None:
+        return "?"
+    value = int(value)
+    if value < 90:
+        return f"{value}s"
+    if value < 5400:
+        return f"{value // 60}m{value % 60:02d}s"
+    return f"{value // 3600}h{value % 3600 // 60:02d}m"
+
+
+def step_line(event: dict[str, Any]) -> str:
+    """One step event as a line: `step 12/60 · epoch 2.00 · loss 6.2100 · lr 3.0e-03 · ...`."""
+    parts = [f"step {event.get('step')}/{event.get('max_steps')}"]
+    if event.get("epoch") is not None:
+        parts.append(f"epoch {event['epoch']:.2f}")
+    if event["type"] == "eval":
+        parts.append(f"eval loss {event['eval_loss']:.4f}")
+        return " · ".join(parts)
+    if event.get("loss") is not None:
+        parts.append(f"loss {event['loss']:.4f}")
+    if event.get("learning_rate") is not None:
+        parts.append(f"lr {event['learning_rate']:.1e}")
+    if event.get("grad_norm") is not None:
+        parts.append(f"grad norm {event['grad_norm']:.2f}")
+    if event.get("tokens_per_second"):
+        parts.append(f"{event['tokens_per_second']:.0f} tok/s")
+    if event.get("gpu_memory"):
+        parts.append(f"GPU {event['gpu_memory'] / 1024**3:.1f} GB")
+    parts.append(f"elapsed {seconds_text(event.get('elapsed'))}")
+    if event.get("eta") is not None:
+        parts.append(f"eta {seconds_text(event['eta'])}")
+    return " · ".join(parts)

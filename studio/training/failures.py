@@ -50,6 +50,11 @@ def classify(exc: BaseException, cfg: TrainConfig | None, run_dir: Path, model_n
     text = " ".join(str(e) for e in chain)
     lowered = text.lower()
 
+    from studio.errors import StudioError
+
+    if isinstance(exc, StudioError):  # already a sentence and a fix (a bad template choice, a bad config)
+        return Failure("bad_data" if exc.kind == "invalid_input" else exc.kind, exc.message, exc.fix or "")
+
     if isinstance(exc, EmptyDataset):
         return Failure(
             "empty_data",

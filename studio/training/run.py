@@ -143,17 +143,11 @@ def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clo
     return _finish(folder, trainer, tokenizer, status, clock)
 
 
-def apply_template(tokenizer: Any, template: str) -> Any:
-    """The dataset version's chat template: the model's own, or a named fallback from the data module."""
-    if template in ("", "model", None):
-        if not tokenizer.chat_template:
-            raise EmptyDataset(
-                "the base model has no chat template and the dataset version did not choose a fallback one."
-            )
-        return tokenizer
-    from studio.data.templates import apply_template as data_apply_template
+def apply_template(tokenizer: Any, template: str | None) -> Any:
+    """The dataset version's chat template (the model's own, or a named fallback), as the Data tab previewed."""
+    from studio.data.templates import apply_template as set_template
 
-    return data_apply_template(tokenizer, template)
+    return set_template(tokenizer, template or "model")
 
 
 def _finish(folder: RunFolder, trainer: Any, tokenizer: Any, status: str, clock: Clock) -> dict[str, Any]:

@@ -1,0 +1,50 @@
+"""`studio train`: start a fine-tune from the terminal, like the Train tab's Start button."""
+
+from __future__ import annotations
+
+from studio.cli import Output
+
+
+def register(verbs, common) -> None:
+    p = verbs.add_parser(
+        "train", parents=[common], help="fine-tune a base model on a dataset version (queued as a run)",
+        description="Freeze the settings (preset + --set overrides) into a new run, check that it fits this "
+                    "machine, and queue it. With --wait the queue runs here until the run ends, printing its "
+                    "progress; the exit status is non-zero if it failed.",
+    )
+    p.add_argument("--data", required=True, metavar="ID", help="the dataset version (ds-..., see `studio data list`)")
+    p.add_argument("--model", required=True, metavar="M",
+                   help="base model: a catalog name (`studio models list`), a hub id org/model, or a local folder")
+    p.add_argument("--preset", default="balanced", metavar="P",
+                   help="quick-test, balanced (default), quality, low-memory, long-context")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="change one setting of the preset, e.g. --set lora_r=8 (repeat for more)")
+    p.add_argument("--name", default=None, help="a name for the run")
+    p.add_argument("--wait", action="store_true", help="run the queue here and follow this run until it ends")
+    p.add_argument("--force", action="store_true", help="start even if the fit check says it will not fit")
+    p.add_argument("--dry-run", action="store_true", help="show the settings and the fit check; start nothing")
+    p.set_defaults(handler=run)
+
+
+def run(args, ws) -> Output | None:
+    from studio import jobs
+    from studio.cli.runs import _ended, follow
+    from studio.presets import build_config, parse_overrides
+
+    overrides = parse_overrides(args.overrides)
+    cfg = build_config(args.model, args.data, args.preset, overrides)
+    planned = jobs.plan(ws, cfg)
+    if args.dry_run:
+        settings = "\n".join(f"  {k}: {v}" for k, v in cfg.model_dump(mode="json").items())
+        return Output({"config": cfg.model_dump(mode="json"), "fit_check": planned.estimate},
+                      f"Settings:\n{settings}\n{planned.summary}")
+    run = jobs.submit(ws, cfg, preset=args.preset, overrides=overrides, name=args.name, force=args.force,
+                      estimate=planned.estimate)
+    head = f"Run {run.id} queued ({args.preset} preset, {cfg.base_model} on {cfg.dataset_id}).\n{planned.summary}"
+    if not args.wait:
+        return Output({"run": run.id, "fit_check": planned.estimate},
+                      head + f"\nFollow it: studio runs show {run.id} --follow "
+                             "(the studio or `studio runs worker` runs the queue).")
+    print(head, flush=True)
+    follow(ws, run.id, schedule=True, out=lambda line: print(line, flush=True))
+    return _ended(ws, run.id)
