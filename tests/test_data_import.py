@@ -236,3 +236,46 @@ def test_versions_rename_and_delete_refused_while_a_run_uses_it(ws):
         db["runs"].delete("run-1")
     store.delete_version(ws, version.id)
     assert not Path(version.path).exists() and store.list_versions(ws) == []
+
+
+def test_fast_rendering_counts_exactly_what_the_template_gives(ws):
+    """The Arrow fill-in of template literals must agree with Jinja, token for token, on every row; a template
+    whose output depends on the content (here: upper-casing) falls back to Jinja row by row."""
+    import pyarrow as pa
+
+    from studio.data.mapping import build_conversations
+    from studio.data.render import count_tokens
+    from studio.data.templates import apply_template
+    from studio.models import load_tokenizer
+
+    inspection = inspect_file(SAMPLES / "clinical_notes.csv")
+    conv = build_conversations(inspection.table, inspection.guess.mapping, "Be precise.")
+    chats = conv.messages.to_pylist()
+    upper = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] | upper }}</s>{% endfor %}" \
+            "{% if add_generation_prompt %}<assistant>{% endif %}"
+    for template in ("model", "alpaca", upper):
+        tokenizer = load_tokenizer(ws, "demo-tiny")
+        if template == upper:
+            tokenizer.chat_template = upper
+        else:
+            apply_template(tokenizer, template)
+        counts = count_tokens(tokenizer, conv)
+        assert (counts.linear_shapes, counts.jinja_shapes) == ((0, 1) if template == upper else (1, 0))
+        for i, chat in enumerate(chats):
+            full = tokenizer.apply_chat_template(chat, tokenize=True, return_dict=True)["input_ids"]
+            prompt = tokenizer.apply_chat_template(chat[:-1], tokenize=True, add_generation_prompt=True,
+                                                   return_dict=True)["input_ids"]
+            assert counts.tokens[i] == len(full), (template, i)
+            assert counts.prompt_tokens[i] == len(prompt), (template, i)
+    assert isinstance(conv.messages, pa.ListArray)
+
+
+def test_a_csv_read_in_many_blocks_gives_the_same_version(ws, tmp_path, monkeypatch):
+    from studio.data import ingest
+
+    path = write_csv(tmp_path / "many.csv", good_rows(300))
+    one = prepare(ws, inspect_file(path).table, {"instruction": "question", "output": "answer"})
+    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 4096)  # several blocks: Arrow hands back chunked columns
+    table = inspect_file(path).table
+    many = prepare(ws, table, {"instruction": "question", "output": "answer"})
+    assert many.content_hash == one.content_hash and many.report["rows_train"] == one.report["rows_train"] == 270
