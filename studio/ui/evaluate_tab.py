@@ -1,0 +1,203 @@
+"""The Evaluate tab: score the tuned model against the base model on the expert's golden questions
+(uploaded or typed into the table) or on the run's held-out rows; compare runs on the same golden
+set; vote blind between the two answers. One core call per action (studio.evaluate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from studio import evaluate
+from studio.errors import StudioError
+from studio.workspace import Workspace
+
+SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "samples" / "support_faq_golden.csv"
+GUIDE = """### Is the tuned model better than before, on your questions?
+Pick a **finished run**, then either write your own **golden set** (a question and the answer you expect) in
+the table, upload it as a CSV, or use the **held-out rows** the run never trained on. Both models answer every
+question; each answer is scored against yours. **Exact match**: identical words. **Token F1**: how many words
+overlap (0 to 1). **ROUGE-L**: how much of your answer appears in the same order (0 to 1). **Loss** and
+**perplexity** (lower is better) say how natural your held-out answers look to each model.
+"""
+HELD_OUT = "The run's held-out rows"
+GOLDEN = "My golden set (the table below)"
+
+
+def finished_runs(ws: Workspace) -> list[tuple[str, str]]:
+    from studio.jobs import list_runs
+
+    return [(f"{r.name or r.id} ({r.id})", r.id) for r in list_runs(ws)
+            if r.status in ("succeeded", "cancelled") and (Path(r.path) / "adapter" / "adapter_config.json").exists()]
+
+
+def evaluations(ws: Workspace) -> list[tuple[str, str]]:
+    return [(f"{e.id}: {e.run_id} on {e.golden_set}", e.id) for e in evaluate.list_evaluations(ws)]
+
+
+def summary_markdown(ev: evaluate.Evaluation) -> str:
+    s = ev.summary
+    rows = ["| | exact match | token F1 | ROUGE-L | held-out loss | perplexity |", "|---|---|---|---|---|---|"]
+    for which, label in (("base", "Base model"), ("tuned", "Tuned model")):
+        m = s.get(which, {})
+        rows.append(f"| {label} | {m.get('exact_match', 0):.2f} | {m.get('token_f1', 0):.3f} | "
+                    f"{m.get('rouge_l', 0):.3f} | {m.get('loss', '–')} | {m.get('perplexity', '–')} |")
+    better = s.get("better_f1", {})
+    text = (f"**{ev.id}** — run `{ev.run_id}` on *{ev.golden_set}* ({s.get('questions')} questions; "
+            f"golden set `{ev.golden_hash}`)\n\n" + "\n".join(rows) +
+            f"\n\nThe tuned model answered closer to your answer on **{better.get('tuned', 0)}** questions, the "
+            f"base model on **{better.get('base', 0)}**, equally on {better.get('tie', 0)}.")
+    if s.get("heldout_rows"):
+        text += f" Loss measured on {s['heldout_rows']} held-out rows ({s['heldout_tokens']} answer tokens)."
+    if s.get("ab"):
+        ab = s["ab"]
+        text += (f"\n\nBlind votes: tuned **{ab['tuned']}**, base **{ab['base']}**, tie {ab['tie']} "
+                 f"({ab['voted']} of {ab['total']} pairs).")
+    return text
+
+
+def results_frame(ev: evaluate.Evaluation) -> pd.DataFrame:
+    return pd.DataFrame([{
+        "question": i["question"], "your answer": i["reference"],
+        "base answer": i["base"]["answer"], "base F1": round(i["base"]["token_f1"], 3),
+        "tuned answer": i["tuned"]["answer"], "tuned F1": round(i["tuned"]["token_f1"], 3),
+        "tuned ROUGE-L": round(i["tuned"]["rouge_l"], 3), "tuned exact": int(i["tuned"]["exact_match"]),
+    } for i in ev.results()])
+
+
+def compare_frame(ws: Workspace, ev: evaluate.Evaluation) -> pd.DataFrame:
+    return pd.DataFrame(evaluate.compare(ws, ev.golden_hash))
+
+
+def _pair_view(pairs: list[dict], index: int) -> tuple[str, str, str, str]:
+    tally = evaluate.ab_tally(pairs)
+    progress = (f"{tally['voted']} of {tally['total']} voted. So far: tuned {tally['tuned']}, base {tally['base']}, "
+                f"tie {tally['tie']}.")
+    if index >= len(pairs):
+        return "**All pairs voted.** " + progress, "", "", progress
+    pair = pairs[index]
+    return f"**Question {index + 1} of {len(pairs)}:** {pair['question']}", pair["a"], pair["b"], progress
+
+
+def build(ws: Workspace) -> None:
+    gr.Markdown(GUIDE)
+    with gr.Row():
+        run = gr.Dropdown(label="Run", choices=finished_runs(ws), value=None, scale=3,
+                          info="The training run whose tuned model is compared with its base model.")
+        refresh = gr.Button("Refresh", size="sm", scale=0)
+    source = gr.Radio([GOLDEN, HELD_OUT], value=GOLDEN, label="Questions",
+                      info="Your own questions with the answers you expect, or rows of your data the run never saw.")
+    with gr.Row():
+        upload = gr.File(label="Upload a golden set", file_types=[".csv", ".jsonl"], type="filepath",
+                         elem_id="eval-upload")
+        sample = gr.Button("Use the sample golden set", size="sm")
+    table = gr.Dataframe(headers=["question", "reference answer"], column_count=(2, "fixed"), row_count=4,
+                         interactive=True, wrap=True, label="Golden set — type or paste your questions and answers",
+                         elem_id="eval-golden")
+    with gr.Row():
+        max_new = gr.Slider(8, 1024, value=128, step=8, label="Max new tokens",
+                            info="The longest answer each model may give (about 3/4 of a word per token).")
+        heldout_rows = gr.Slider(1, 500, value=50, step=1, label="Held-out rows for the loss",
+                                 info="How many held-out rows to measure loss and perplexity on (more = slower).")
+    go = gr.Button("Evaluate", variant="primary")
+    summary = gr.Markdown(elem_id="eval-summary")
+    results = gr.Dataframe(label="Every question: both answers and their scores", wrap=True, interactive=False)
+    compared = gr.Dataframe(label="All runs evaluated on this same golden set", wrap=True, interactive=False)
+    with gr.Accordion("Earlier evaluations", open=False):
+        past = gr.Dropdown(label="Evaluation", choices=evaluations(ws), info="Open an earlier evaluation.")
+    with gr.Accordion("Blind A/B: which answer is better?", open=False):
+        gr.Markdown("The two answers to each question are shown in a random order, without saying which model "
+                    "wrote which. Vote for the better one; the count is revealed as you go and kept with the "
+                    "evaluation.")
+        ab_state = gr.State({})
+        ab_eval = gr.Dropdown(label="Evaluation to vote on", choices=evaluations(ws))
+        ab_start = gr.Button("Start (or continue) voting")
+        ab_question = gr.Markdown()
+        with gr.Row():
+            ab_a = gr.Textbox(label="Answer A", interactive=False, lines=4)
+            ab_b = gr.Textbox(label="Answer B", interactive=False, lines=4)
+        with gr.Row():
+            vote_a = gr.Button("A is better")
+            vote_tie = gr.Button("About the same")
+            vote_b = gr.Button("B is better")
+        ab_progress = gr.Markdown()
+
+    def load_sample():
+        return pd.DataFrame([[i.question, i.reference] for i in evaluate.read_golden(SAMPLE)],
+                            columns=["question", "reference answer"])
+
+    def load_upload(path: str | None):
+        if not path:
+            return gr.skip()
+        try:
+            items = evaluate.read_golden(path)
+        except StudioError as exc:
+            raise gr.Error(str(exc)) from exc
+        return pd.DataFrame([[i.question, i.reference] for i in items], columns=["question", "reference answer"])
+
+    def show(ev: evaluate.Evaluation):
+        return summary_markdown(ev), results_frame(ev), compare_frame(ws, ev)
+
+    def run_evaluation(run_id, which, rows, tokens, loss_rows, progress=gr.Progress()):  # noqa: B008 (gradio API)
+        if not run_id:
+            raise gr.Error("Pick a finished run first.")
+        try:
+            golden = None
+            if which == GOLDEN:
+                frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+                golden = evaluate.golden_from_rows(frame.values.tolist(), source="the golden set table")
+            ev = evaluate.evaluate_run(ws, run_id, golden, golden_name="golden set from the Evaluate tab",
+                                       max_new_tokens=int(tokens), heldout_rows=int(loss_rows),
+                                       progress=lambda f, text: progress(f, desc=text))
+        except StudioError as exc:
+            raise gr.Error(str(exc)) from exc
+        choices = evaluations(ws)
+        return (*show(ev), gr.Dropdown(choices=choices, value=ev.id), gr.Dropdown(choices=choices, value=ev.id))
+
+    def open_past(eval_id: str | None):
+        if not eval_id:
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            return show(evaluate.get_evaluation(ws, eval_id))
+        except StudioError as exc:
+            raise gr.Error(str(exc)) from exc
+
+    def ab_begin(eval_id: str | None):
+        if not eval_id:
+            raise gr.Error("Pick an evaluation to vote on.")
+        try:
+            pairs = evaluate.ab_pairs(ws, eval_id)
+        except StudioError as exc:
+            raise gr.Error(str(exc)) from exc
+        index = next((n for n, p in enumerate(pairs) if p["vote"] is None), len(pairs))
+        return {"eval": eval_id, "index": index}, *_pair_view(pairs, index)
+
+    def ab_cast(choice: str):
+        def handler(state: dict):
+            if not state or "eval" not in state:
+                raise gr.Error("Press 'Start voting' first.")
+            pairs = evaluate.ab_pairs(ws, state["eval"])
+            if state["index"] >= len(pairs):
+                raise gr.Error("Every pair has a vote already.")
+            try:
+                evaluate.ab_vote(ws, state["eval"], state["index"], choice)
+            except StudioError as exc:
+                raise gr.Error(str(exc)) from exc
+            pairs = evaluate.ab_pairs(ws, state["eval"])
+            index = next((n for n, p in enumerate(pairs) if p["vote"] is None), len(pairs))
+            return {"eval": state["eval"], "index": index}, *_pair_view(pairs, index)
+        return handler
+
+    refresh.click(lambda: (gr.Dropdown(choices=finished_runs(ws)), gr.Dropdown(choices=evaluations(ws)),
+                           gr.Dropdown(choices=evaluations(ws))), None, [run, past, ab_eval], api_name="eval_refresh")
+    sample.click(load_sample, None, table, api_name="eval_sample")
+    upload.upload(load_upload, [upload], table, api_name="eval_upload")
+    go.click(run_evaluation, [run, source, table, max_new, heldout_rows], [summary, results, compared, past, ab_eval],
+             api_name="eval_run")
+    past.change(open_past, [past], [summary, results, compared], api_name="eval_open")
+    ab_outputs = [ab_state, ab_question, ab_a, ab_b, ab_progress]
+    ab_start.click(ab_begin, [ab_eval], ab_outputs, api_name="eval_ab_start")
+    vote_a.click(ab_cast("a"), [ab_state], ab_outputs, api_name="eval_ab_vote_a")
+    vote_b.click(ab_cast("b"), [ab_state], ab_outputs, api_name="eval_ab_vote_b")
+    vote_tie.click(ab_cast("tie"), [ab_state], ab_outputs, api_name="eval_ab_vote_tie")
