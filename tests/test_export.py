@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from test_publish_helpers import register_run
+from test_publish_helpers import config_only_adapter, register_run
 
 from studio.errors import Conflict, ResourceError
 from studio.publish.card import render_card
@@ -130,12 +130,12 @@ def test_a_bf16_base_is_merged_in_bf16_into_shards(ws, trained_run, demo_model_s
     assert merged.dtype == torch.bfloat16
 
 
-def test_export_refuses_when_the_disk_is_too_small(ws, trained_run, monkeypatch):
+def test_export_refuses_when_the_disk_is_too_small(ws, tmp_path, monkeypatch):
     import shutil as real_shutil
 
     from studio.publish import export as export_module
 
-    run_id = register_run(ws, trained_run.adapter_dir)
+    run_id = register_run(ws, config_only_adapter(tmp_path / "adapter"))
     usage = real_shutil.disk_usage(ws.home)
     monkeypatch.setattr(export_module.shutil, "disk_usage", lambda path: usage._replace(free=1_000_000))
     with pytest.raises(ResourceError) as info:

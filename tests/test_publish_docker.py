@@ -14,7 +14,7 @@ import textwrap
 import pytest
 import yaml
 from conftest import free_port
-from test_publish_helpers import register_run
+from test_publish_helpers import config_only_adapter, register_run
 
 from studio import endpoints
 from studio.errors import InvalidInput
@@ -66,8 +66,8 @@ def test_docker_argv_adapter_on_a_local_base_without_gpus():
                        "volumes": ["/ws/exports:/data", "/ws/models/demo-tiny:/data/base-model:ro"]}
 
 
-def test_the_target_derives_limits_and_refuses_inconsistent_ones(ws, trained_run):
-    run_id = register_run(ws, trained_run.adapter_dir, max_length=256)
+def test_the_target_derives_limits_and_refuses_inconsistent_ones(ws, tmp_path):
+    run_id = register_run(ws, config_only_adapter(tmp_path / "adapter"), max_length=256)
     plan = pipeline.preview(ws, run_id, "tgi-docker", {"gpus": "2", "quantize": "awq"})
     assert plan.limits.max_total_tokens == 256 and plan.limits.max_input_tokens == 192
     assert plan.command[plan.command.index("--max-total-tokens") + 1] == "256"

@@ -41,3 +41,12 @@ def register_run(ws, adapter_dir: Path, run_id: str = "run-20260101-000000-test"
                            "preset": "quick-test", "config_json": json.dumps(config), "status": status,
                            "created_at": now(), "path": str(run_dir)})
     return run_id
+
+
+def config_only_adapter(folder: Path, r: int = 4) -> Path:
+    """An adapter folder with only its adapter_config.json: enough for code that plans or checks the
+    disk, never for loading weights (tests that load a model use the trained run's adapter)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": r, "peft_type": "LORA",
+                                                            "base_model_name_or_path": "demo-tiny"}))
+    return folder

@@ -52,8 +52,9 @@ def test_publish_tab_widgets_make_the_right_options(trained_run):
     from studio.publish import deployments, pipeline
     from studio.ui.publish_tab import collect, plan_markdown, verification_markdown
 
-    assert collect("tgi-docker", ["name", "port", "quantize", "max_total_tokens", "merged"],
-                   ["a", 8081.0, "", None, False]) == {"name": "a", "port": 8081, "merged": False}
+    assert collect("tgi-docker", ["name", "port", "quantize", "max_total_tokens", "merged", "timeout"],
+                   ["a", 8081.0, "", " ", False, 30.0]) == {"name": "a", "port": 8081, "merged": False, "timeout": 30.0}
+    assert collect("local", ["port"], ["9000"]) == {"port": 9000}
     plan = pipeline.preview(trained_run.ws, trained_run.run_id, "tgi-docker", {"port": 8081}).to_dict()
     text = plan_markdown(plan)
     assert "docker run -d --name studio-tgi-published" in text and "**Token limits:**" in text

@@ -55,8 +55,9 @@ class HubOptions(Options):
 @contextlib.contextmanager
 def hub_errors(what: str, endpoint: str):
     """Hub failures as a sentence and a fix."""
-    import httpx
     from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
+
+    from studio.publish.verify import transport_errors
 
     try:
         yield
@@ -82,7 +83,7 @@ def hub_errors(what: str, endpoint: str):
                            "Check the repo or namespace name.") from exc
         raise ModelUnavailable(f"The Hub answered HTTP {status} while {what}: {first}",
                                "Try again later; if it persists, check the Hub's status page.") from exc
-    except httpx.HTTPError as exc:
+    except transport_errors() as exc:
         raise ModelUnavailable(f"The Hub at {endpoint} cannot be reached while {what} ({type(exc).__name__}).",
                                "Check the network connection (and HF_ENDPOINT if you set it).") from exc
 
@@ -221,7 +222,7 @@ def serve_folder_here(ws, source: RunSource, export: Export, progress: Progress,
     if merged:
         ep = endpoints.start_endpoint(ws, str(export.model_dir), None, run_id=source.run_id,
                                       name=f"check-{export.id}", quantize="none")
-        served = Served(url=ep.url, model=ep.base_name)
+        served = Served(url=ep.url, model="tgi")
     else:
         ep = endpoints.start_endpoint(ws, source.base_model, {source.adapter_name: str(export.model_dir)},
                                       run_id=source.run_id, name=f"check-{export.id}", quantize="none")

@@ -116,6 +116,20 @@ def word_diff(studio: str, endpoint: str) -> str:
     return " ".join(out)
 
 
+def transport_errors() -> tuple[type[Exception], ...]:
+    """Connection-level failures: httpx's (our own calls) and httpx2's (huggingface_hub 2.x uses it)."""
+    import httpx
+
+    errors: tuple[type[Exception], ...] = (httpx.HTTPError,)
+    try:
+        import httpx2
+
+        errors += (httpx2.HTTPError,)
+    except ImportError:  # an older huggingface_hub talks through httpx
+        pass
+    return errors
+
+
 def _norm(text: str | None) -> str:
     return " ".join((text or "").split())
 
@@ -169,7 +183,6 @@ def _ended(finish: str) -> bool:
 
 def check_item(served: Served, ref: dict, budget: int) -> dict[str, Any]:
     """One prompt: ask the endpoint, compare with the studio's reply, find the cause of a difference."""
-    import httpx
     from huggingface_hub.errors import HfHubHTTPError
 
     tuned, base = ref["tuned"], ref["base"]
@@ -185,7 +198,7 @@ def check_item(served: Served, ref: dict, budget: int) -> dict[str, Any]:
         item.update(endpoint=f"(error {status}: {detail})", endpoint_finish="error",
                     cause="truncation" if status == 422 and "token" in detail.lower() else "error")
         return item
-    except httpx.HTTPError as exc:
+    except transport_errors() as exc:
         item.update(endpoint=f"(no answer: {type(exc).__name__}: {exc})", endpoint_finish="error", cause="error")
         return item
     item.update(endpoint=text, endpoint_finish=finish)
@@ -201,7 +214,7 @@ def check_item(served: Served, ref: dict, budget: int) -> dict[str, Any]:
     if not same:
         try:
             raw = ask_raw(served, ref["prompt_text"], budget)
-        except (HfHubHTTPError, httpx.HTTPError, ValueError, KeyError):
+        except (HfHubHTTPError, *transport_errors(), ValueError, KeyError):
             raw = None  # the diagnosis goes on without the raw-prompt reply
     if raw is not None:
         item["endpoint_raw"] = raw[0]
@@ -238,7 +251,7 @@ def verify(served: Served, reference: dict[str, Any]) -> dict[str, Any]:
         summary = "No verification prompts: the run's data version has no rows to ask with."
     elif failing:
         verdict = "failed"
-        summary = f"Failed: {matched} of {len(items)} replies match. " + " ".join(
+        summary = f"Failed ({matched} of {len(items)} replies match the studio's). " + " ".join(
             f"{CAUSE_TEXT[c][0].upper()}{CAUSE_TEXT[c][1:]}. {CAUSE_FIX.get(c, '')}" for c in failing
         )
     elif matched < len(items):

@@ -27,6 +27,11 @@ GUIDE = """### Publish a tuned model
    and checks it answers exactly like the model you chatted with in the studio.
 """
 SECRET = {"api_key", "token"}
+LABELS = {"gpus": "GPUs", "api_key": "API key", "repo_id": "Repo", "url": "Server URL", "model_name": "Model name "
+          "on the server", "endpoint": "Hub address", "serve_check": "Check the pushed files answer alike",
+          "name": "Name", "max_input_tokens": "Max input tokens", "max_total_tokens": "Max total tokens",
+          "scale_to_zero_minutes": "Scale to zero after (minutes)", "max_replica": "Max replicas"}
+NUMERIC_TEXT = {"port", "max_input_tokens", "max_total_tokens"}  # optional numbers typed in a text box
 # per target: the option fields shown, in order (the rest keep their defaults)
 SHOWN = {
     "local": ["name", "merged", "port", "quantize"],
@@ -41,7 +46,7 @@ SHOWN = {
 
 def _field_component(name: str, field) -> gr.components.Component:
     """A widget for one option field, labelled and explained from the option model."""
-    label = name.replace("_", " ").capitalize()
+    label = LABELS.get(name) or name.replace("_", " ").capitalize()
     info = field.description or ""
     annotation = str(field.annotation)
     default = None if field.default is ... else field.default
@@ -56,19 +61,26 @@ def _field_component(name: str, field) -> gr.components.Component:
             choices = list(inner.__args__)
             return gr.Dropdown(label=label, info=info, choices=[""] + choices, value=default or "")
         return gr.Radio(label=label, info=info, choices=choices, value=default)
-    if "int" in annotation or "float" in annotation:
+    if ("int" in annotation or "float" in annotation) and default is not None:
         return gr.Number(label=label, info=info, value=default, precision=0 if "int" in annotation else None)
-    return gr.Textbox(label=label, info=info, value=default or "")
+    # optional numbers too: an empty box reads as "automatic", where a Number would show 0
+    return gr.Textbox(label=label, info=info, value="" if default is None else default,
+                      placeholder="automatic" if default is None else None)
 
 
 def collect(target: str, names: list[str], values: list[Any]) -> dict[str, Any]:
     """The chosen target's options from the widgets: empty fields keep the target's defaults."""
-    options = {}
+    options: dict[str, Any] = {}
     for name, value in zip(names, values, strict=True):
+        if isinstance(value, str):
+            value = value.strip()
         if value in (None, "") or (isinstance(value, float) and value != value):
             continue
-        options[name] = int(value) if isinstance(value, float) and value.is_integer() and name != "timeout" \
-            else value
+        if isinstance(value, str) and value.isdigit() and name in NUMERIC_TEXT:
+            value = int(value)
+        elif isinstance(value, float) and value.is_integer() and name not in ("timeout", "poll"):
+            value = int(value)
+        options[name] = value
     return options
 
 
@@ -225,6 +237,7 @@ def build(ws: Workspace) -> None:
     # the buttons' events carry one value per widget; scripts use the named endpoints below instead
     preview_btn.click(on_preview, inputs, plan_md, api_visibility="private")
     run.change(on_run_change, inputs, plan_md, api_visibility="private")
+    target.change(on_run_change, inputs, plan_md, api_visibility="private")
     publish_btn.click(on_publish, inputs, [result_md, curl, table, chosen], api_visibility="private")
     verify_btn.click(on_reverify, [chosen, api_key, token], [result_md, curl, table], api_visibility="private")
     rollback_btn.click(on_rollback, [chosen, api_key, token], [result_md, curl, table], api_visibility="private")
