@@ -122,7 +122,7 @@ def check_conversations(
             reject(check, conv.index[candidates[pos]], text.format(where(candidates[first[pos]])))
             keep[candidates[pos]] = False
     positions = np.flatnonzero(keep)
-    conv, norm_prompt = conv.take(positions), norm_prompt.take(pa.array(positions))
+    conv, norm_prompt = conv.take(positions), _take(norm_prompt, positions)
     norm_codes = (norm_codes[0][positions], norm_codes[1][positions])
     counts = count_tokens(tokenizer, conv)
     tokens, answer_tokens = counts.tokens.copy(), counts.answer_tokens.copy()
@@ -149,7 +149,7 @@ def check_conversations(
     if replacements:
         conv = _replace_chats(conv, replacements)
     positions = np.flatnonzero(keep)
-    conv, norm_prompt = conv.take(positions), norm_prompt.take(pa.array(positions))
+    conv, norm_prompt = conv.take(positions), _take(norm_prompt, positions)
     norm_codes = (norm_codes[0][positions], norm_codes[1][positions])
     tokens, answer_tokens = tokens[positions], answer_tokens[positions]
     suffix = counts.suffix_tokens[positions]
@@ -168,6 +168,12 @@ def check_conversations(
         warnings["same question, different answers"] = conv.index[conflicting].tolist()
     return Checked(conv, norm_prompt, tokens, answer_tokens, counted, rejected, reasons, truncated, warnings,
                    tokens_linear=counts.jinja_shapes == 0)
+
+
+def _take(array: pa.Array, positions: np.ndarray) -> pa.Array:
+    import pyarrow as pa
+
+    return array if len(positions) == len(array) else array.take(pa.array(positions))
 
 
 def _replace_chats(conv: Conversations, replacements: dict[int, list[dict]]) -> Conversations:
