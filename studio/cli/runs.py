@@ -143,8 +143,8 @@ def follow(ws, run_id: str, *, schedule: bool = False, poll: float = 1.0, out=pr
         printed = len(events)
         if run.status == "queued" and not said_waiting:
             ids = [r.id for r in jobs.queue(ws)]
-            ahead = ids.index(run_id) if run_id in ids else 0
-            out(f"queued ({ahead} run(s) ahead)" + ("" if schedule else
+            ahead = (ids.index(run_id) if run_id in ids else 0) + len(jobs.list_runs(ws, "running"))
+            out(f"queued behind {ahead} run(s)" + ("" if schedule else
                 "; the studio or `studio runs worker` starts it"))
             said_waiting = True
         if run.status not in jobs.ACTIVE:

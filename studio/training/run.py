@@ -59,7 +59,6 @@ def main(run_dir: str) -> int:
 
 
 def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clock) -> dict[str, Any]:
-    import datasets
     import torch
     from transformers import AutoTokenizer, set_seed
     from trl import SFTTrainer
@@ -84,8 +83,7 @@ def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clo
 
     # data: the version's files, read directly (the training process never opens the registry)
     data_dir = Path(manifest["dataset"]["path"])
-    train_rows = datasets.Dataset.from_parquet(str(data_dir / "train.parquet"), keep_in_memory=True)
-    val_rows = datasets.Dataset.from_parquet(str(data_dir / "val.parquet"), keep_in_memory=True)
+    train_rows, val_rows = (read_split(data_dir / f"{split}.parquet") for split in ("train", "val"))
     if len(train_rows) == 0:
         raise EmptyDataset("the dataset version has no training rows.")
     train_set = recipe.to_prompt_completion(train_rows)
@@ -141,6 +139,14 @@ def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clo
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     status = "cancelled" if stop.is_set() else "succeeded"
     return _finish(folder, trainer, tokenizer, status, clock)
+
+
+def read_split(path: Path) -> Any:
+    """A split's parquet file as a Dataset; an empty file (no validation rows) gives an empty Dataset."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    return datasets.Dataset(pq.read_table(path))
 
 
 def apply_template(tokenizer: Any, template: str | None) -> Any:
