@@ -67,18 +67,22 @@ def test_ab_tally_counts_votes_for_the_hidden_model():
     assert evaluate.ab_tally(pairs) == {"tuned": 2, "base": 1, "tie": 1, "voted": 4, "total": 5}
 
 
-@pytest.mark.slow
-def test_evaluate_a_trained_run_store_compare_and_vote(trained_run):
+@pytest.fixture(scope="module")
+def run_endpoint(trained_run):
+    """One endpoint for the module: evaluate_run uses a live endpoint of the run instead of starting one."""
     from studio import endpoints
 
+    ep = endpoints.start_for_run(trained_run.ws, trained_run.run_id)
+    yield ep
+    endpoints.stop_endpoint(trained_run.ws, ep.id)
+
+
+@pytest.mark.slow
+def test_evaluate_a_trained_run_store_compare_and_vote(trained_run, run_endpoint):
     ws, run_id = trained_run.ws, trained_run.run_id
-    endpoint = endpoints.start_for_run(ws, run_id)  # shared by the two evaluations below
-    try:
-        golden = evaluate.read_golden(SAMPLE_GOLDEN)[:4]
-        ev = evaluate.evaluate_run(ws, run_id, golden, golden_name="faq", max_new_tokens=24, heldout_rows=3)
-        heldout = evaluate.evaluate_run(ws, run_id, None, max_new_tokens=24, heldout_rows=3)
-    finally:
-        endpoints.stop_endpoint(ws, endpoint.id)
+    golden = evaluate.read_golden(SAMPLE_GOLDEN)[:4]
+    ev = evaluate.evaluate_run(ws, run_id, golden, golden_name="faq", max_new_tokens=24, heldout_rows=3)
+    heldout = evaluate.evaluate_run(ws, run_id, None, max_new_tokens=24, heldout_rows=3)
     assert ev.kind == "golden" and ev.summary["questions"] == 4 and heldout.kind == "heldout"
     for which in ("base", "tuned"):
         assert set(evaluate.SCORES) <= set(ev.summary[which])
@@ -104,9 +108,40 @@ def test_evaluate_a_trained_run_store_compare_and_vote(trained_run):
     tuned_first = sum(p["a_is"] == "tuned" for p in pairs)
     assert tally == {"tuned": tuned_first, "base": 0, "tie": 4 - tuned_first, "voted": 4, "total": 4}
     # the CLI shows the same evaluation
-    out = subprocess.run([sys.executable, "-m", "studio", "--home", str(ws.home), "eval", "show", ev.id],
+    out = subprocess.run([sys.executable, "-m", "studio", "eval", "show", ev.id, "--home", str(ws.home)],
                          capture_output=True, text=True, check=True)
     assert golden[0].question in out.stdout and "blind votes" in out.stdout
+
+
+@pytest.mark.slow
+def test_evaluate_tab_through_gradio_client(trained_run, run_endpoint):
+    from conftest import free_port
+    from gradio_client import Client
+
+    from studio.ui.app import build_app
+    from studio.ui.evaluate_tab import GOLDEN
+
+    app = build_app(trained_run.ws)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        table = client.predict(api_name="/eval_sample")
+        assert len(table["data"]) == 8 and table["data"][0][0] == "How do I reset my password?"
+        table = {**table, "data": [*table["data"][:2], ["", ""]]}  # two questions and a blank row
+        summary, results, compared, past, _ = client.predict(trained_run.run_id, GOLDEN, table, 16, 2,
+                                                             api_name="/eval_run")
+        assert "Tuned model" in summary and "2 questions" in summary
+        assert [row[0] for row in results["data"]] == [r[0] for r in table["data"][:2]]
+        assert len(compared["data"]) >= 1
+        question, answer_a, answer_b, progress = client.predict(past["value"], api_name="/eval_ab_start")
+        assert "Question 1 of 2" in question and answer_a != answer_b and "0 of 2 voted" in progress
+        client.predict(api_name="/eval_ab_vote_a")
+        question, _, _, progress = client.predict(api_name="/eval_ab_vote_tie")
+        assert "All pairs voted" in question and "2 of 2 voted" in progress
+        assert evaluate.get_evaluation(trained_run.ws, past["value"]).summary["ab"]["voted"] == 2
+    finally:
+        app.close()
 
 
 def test_evaluating_an_unknown_run_is_refused(ws):
