@@ -279,3 +279,34 @@ def test_a_csv_read_in_many_blocks_gives_the_same_version(ws, tmp_path, monkeypa
     table = inspect_file(path).table
     many = prepare(ws, table, {"instruction": "question", "output": "answer"})
     assert many.content_hash == one.content_hash and many.report["rows_train"] == one.report["rows_train"] == 270
+
+
+def test_split_is_seeded_sized_and_keeps_a_question_on_one_side():
+    import pyarrow as pa
+
+    from studio.data.checks import normalise, split_rows
+
+    keys = normalise(pa.array([f"question {i // 3}" for i in range(60)]))  # 20 questions, 3 rows each
+    is_val = split_rows(keys, val_fraction=0.2, val_size=None, seed=1)
+    assert is_val.sum() == 12 and (split_rows(keys, val_fraction=0.2, val_size=None, seed=1) == is_val).all()
+    for i in range(0, 60, 3):
+        assert len(set(is_val[i:i + 3])) == 1  # all three rows of a question on the same side
+    assert split_rows(keys, val_fraction=0.5, val_size=6, seed=1).sum() == 6
+    assert split_rows(keys, val_fraction=0.0, val_size=None, seed=1).sum() == 0
+    assert not (split_rows(keys, val_fraction=0.2, val_size=None, seed=2) == is_val).all()
+
+
+def test_a_template_that_refuses_the_system_role_says_what_to_do(ws):
+    from studio.data.render import render
+
+    tokenizer = load_demo_tokenizer(ws)
+    tokenizer.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not "
+                               "supported') }}{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(InvalidInput, match="refused a conversation.*System role not supported.*Remove the system"):
+        render(tokenizer, [{"role": "system", "content": "x"}, {"role": "user", "content": "y"}])
+
+
+def load_demo_tokenizer(ws):
+    from studio.models import load_tokenizer
+
+    return load_tokenizer(ws, "demo-tiny")
