@@ -310,3 +310,15 @@ def load_demo_tokenizer(ws):
     from studio.models import load_tokenizer
 
     return load_tokenizer(ws, "demo-tiny")
+
+
+def test_save_version_writes_only_the_selected_rows(ws):
+    import datasets
+
+    rows = datasets.Dataset.from_list([{"messages": [{"role": "user", "content": f"q{i}"},
+                                                     {"role": "assistant", "content": f"a{i}"}]} for i in range(4)])
+    version, created = store.save_version(ws, content_hash="f" * 64, name="picked", train=rows.select([3, 1]),
+                                          val=rows.select([]))
+    assert created and (version.rows_train, version.rows_val) == (2, 0)
+    assert [r["messages"][0]["content"] for r in store.load_split(ws, version.id, "train")] == ["q3", "q1"]
+    assert len(store.load_split(ws, version.id, "val")) == 0

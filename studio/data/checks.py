@@ -85,7 +85,6 @@ def check_conversations(
     row_label: str,
 ) -> Checked:
     """Reject unusable rows (empty, duplicate, too long), cut or drop long ones, warn about the rest."""
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     rejected: list[tuple[int, str]] = []

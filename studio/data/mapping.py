@@ -143,6 +143,7 @@ def guess_mapping(table: SourceTable) -> MappingGuess:
         missing = [r for r in ("instruction", "output") if r not in mapping]
         notes.append(f"No column looks like the {' or the '.join(missing)}; choose it by hand.")
     ordered = {role: mapping[role] for role in ROLES if role in mapping}
+    reasons = {role: reasons[role] for role in ROLES if role in reasons}
     return MappingGuess(mapping=ordered, confident=confident, reasons=reasons, notes=notes)
 
 

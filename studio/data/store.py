@@ -102,8 +102,8 @@ def save_version(
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{vid}-", dir=ws.datasets_dir))
     try:
-        pq.write_table(train.data.table, tmp / "train.parquet")
-        pq.write_table(val.data.table, tmp / "val.parquet")
+        for split, rows in (("train", train), ("val", val)):  # as Arrow: honours select()/filter() indices
+            pq.write_table(rows.with_format("arrow")[:], tmp / f"{split}.parquet")
         if rejected_csv:
             (tmp / "rejected.csv").write_bytes(rejected_csv)
         for file_name, content in (extra_files or {}).items():
