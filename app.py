@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from studio.jobs import start_scheduler
 from studio.ui.app import build_app, css, theme
 from studio.workspace import Workspace
 
@@ -24,6 +25,8 @@ def main() -> None:
     ws = Workspace.open(args.home)
     user, password = os.environ.get("STUDIO_USERNAME"), os.environ.get("STUDIO_PASSWORD")
     app = build_app(ws)
+    # the training queue: re-adopt runs that trained through a restart, then start queued ones as devices free up
+    start_scheduler(ws)
     print(f"LLMOps Studio: workspace {ws.home}", flush=True)
     app.queue(default_concurrency_limit=8).launch(
         server_name=args.host,

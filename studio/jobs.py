@@ -173,12 +173,11 @@ def submit(
     }
     write_json_atomic(folder.manifest, manifest)
     stamp = now()
-    notice = (estimate or {}).get("notice")
     row = {
         "id": run_id, "name": (name or "").strip() or f"{cfg.base_model.split('/')[-1]} on {version.name}",
         "dataset_id": version.id, "base_model": cfg.base_model, "preset": preset,
         "config_json": cfg.model_dump_json(), "status": "queued", "created_at": stamp, "queued_at": stamp,
-        "path": str(folder.path), "notice": notice, "attempts": 0, "step": 0,
+        "path": str(folder.path), "attempts": 0, "step": 0,
         "max_steps": (estimate or {}).get("steps") or None,
     }
     try:

@@ -1,0 +1,233 @@
+"""The Runs tab: every run with its status and progress; a run's page with live curves, log, config and
+manifest; cancel, resume, re-run and delete. Polls with gr.Timer: everything shown comes from SQLite and
+the run folders, so a reload, a second browser or a restarted studio shows the same runs, still going.
+"""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+import pandas as pd
+
+from studio import jobs
+from studio.errors import StudioError
+from studio.workspace import Workspace
+
+POLL_S = 2.0
+STATUS_COLOURS = {"queued": "#8a8f98", "running": "#4f46e5", "succeeded": "#15803d", "failed": "#b91c1c",
+                  "cancelled": "#a16207"}
+TABLE_COLUMNS = ["run", "name", "status", "progress", "loss", "eval loss", "model", "data", "preset", "created"]
+
+
+def _fail(exc: StudioError):
+    raise gr.Error(str(exc))
+
+
+# --- formatting ------------------------------------------------------------------------------------
+
+
+def runs_table(ws: Workspace) -> pd.DataFrame:
+    jobs.reconcile(ws)
+    rows = []
+    for run in jobs.list_runs(ws):
+        rows.append([
+            run.id, run.name, run.status, f"{run.progress:.0%} ({run.step or 0}/{run.max_steps or '?'})",
+            f"{run.loss:.4f}" if run.loss is not None else "", f"{run.eval_loss:.4f}" if run.eval_loss else "",
+            run.base_model, run.dataset_id, run.preset, run.created_at.replace("T", " ")[:16],
+        ])
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def run_choices(ws: Workspace) -> list[tuple[str, str]]:
+    return [(f"{r.id} · {r.name} · {r.status}", r.id) for r in jobs.list_runs(ws)]
+
+
+def default_run(ws: Workspace) -> str | None:
+    """What a fresh page shows: the run that trains now, else the newest."""
+    runs = jobs.list_runs(ws)
+    running = [r for r in runs if r.status == "running"]
+    return (running or runs)[0].id if runs else None
+
+
+def progress_html(run: jobs.Run, last: dict) -> str:
+    share = run.progress
+    colour = STATUS_COLOURS.get(run.status, "#4f46e5")
+    words = f"{run.status}"
+    if run.status == "running" and run.cancel_requested_at:
+        words = "cancelling (stops after the current step)"
+    detail = html.escape(jobs.step_line(last)) if last else "waiting for the first step"
+    return (
+        f'<div class="run-progress"><div style="display:flex;justify-content:space-between;font-size:0.9em">'
+        f'<b style="color:{colour}">{html.escape(words)}</b><span>{share:.0%}</span></div>'
+        f'<div style="background:#e5e7eb;border-radius:6px;height:14px;overflow:hidden">'
+        f'<div style="width:{share * 100:.1f}%;background:{colour};height:14px"></div></div>'
+        f'<div style="font-size:0.85em;color:#555;margin-top:4px">{detail}</div></div>'
+    )
+
+
+def loss_frame(summary: dict) -> pd.DataFrame:
+    rows = [{"step": e["step"], "loss": e["loss"], "curve": "training loss"}
+            for e in summary["steps"] if e.get("loss") is not None]
+    rows += [{"step": e["step"], "loss": e["eval_loss"], "curve": "held-out loss"} for e in summary["evals"]]
+    return pd.DataFrame(rows, columns=["step", "loss", "curve"])
+
+
+def lr_frame(summary: dict) -> pd.DataFrame:
+    rows = [{"step": e["step"], "learning rate": e["learning_rate"]}
+            for e in summary["steps"] if e.get("learning_rate") is not None]
+    return pd.DataFrame(rows, columns=["step", "learning rate"])
+
+
+def status_markdown(ws: Workspace, run: jobs.Run, summary: dict) -> str:
+    lines = [f"### {run.name}", f"`{run.id}` · **{run.status}** · {run.base_model} on `{run.dataset_id}` · "
+             f"preset {run.preset or '-'} · started {run.started_at or '-'} · finished {run.finished_at or '-'}"]
+    if run.status == "queued":
+        ids = [r.id for r in jobs.queue(ws)]
+        ahead = (ids.index(run.id) if run.id in ids else 0) + len(jobs.list_runs(ws, "running"))
+        lines.append(f"Waiting for the device: {ahead} run(s) before it.")
+    for note in ([run.notice] if run.notice else []) + summary["notices"]:
+        lines.append(f"> ℹ️ {note}")
+    if run.error:
+        lines.append(f"**What happened:** {run.error}")
+    if run.fix:
+        lines.append(f"**What helps:** {run.fix}")
+    if run.status == "succeeded" and run.folder.has_adapter():
+        lines.append(f"Adapter ready: `{run.folder.adapter}` — chat with it in the Chat tab.")
+    elif run.status == "cancelled" and run.folder.has_adapter():
+        lines.append("The adapter learnt so far is saved; **Resume** continues from the last checkpoint.")
+    return "\n\n".join(lines)
+
+
+def run_view(ws: Workspace, run_id: str | None):
+    """Everything the run page shows, in the order of its outputs."""
+    if not run_id:
+        empty = pd.DataFrame(columns=["step", "loss", "curve"])
+        return ("No run selected. Start one in the Train tab.", "", empty,
+                pd.DataFrame(columns=["step", "learning rate"]), "", {}, {})
+    jobs.reconcile(ws)
+    try:
+        run = jobs.get_run(ws, run_id)
+    except StudioError as exc:
+        _fail(exc)
+    summary = jobs.summarize(run.folder)
+    log = "\n".join(ln for ln in run.folder.tail_log(40) if "it/s]" not in ln and "examples/s]" not in ln)
+    return (status_markdown(ws, run, summary), progress_html(run, summary["last"]), loss_frame(summary),
+            lr_frame(summary), log, run.config, run.folder.read_manifest())
+
+
+# --- actions ---------------------------------------------------------------------------------------
+
+
+def cancel_run(ws: Workspace, run_id: str) -> str:
+    try:
+        run = jobs.cancel(ws, run_id)
+    except StudioError as exc:
+        _fail(exc)
+    return (f"Cancel sent to {run.id}: it stops after the current step and saves a checkpoint and the adapter."
+            if run.status == "running" else f"{run.id} is {run.status}.")
+
+
+def resume_run(ws: Workspace, run_id: str) -> str:
+    try:
+        run = jobs.resume(ws, run_id)
+    except StudioError as exc:
+        _fail(exc)
+    last = run.folder.last_checkpoint()
+    return f"{run.id} is queued again; it continues " + (f"from {last.name}." if last else "from the start.")
+
+
+def rerun_run(ws: Workspace, run_id: str) -> tuple[str, str]:
+    try:
+        run = jobs.rerun(ws, run_id)
+    except StudioError as exc:
+        _fail(exc)
+    return f"New run {run.id} queued with exactly the settings of {run_id}.", run.id
+
+
+def delete_run(ws: Workspace, run_id: str, confirmed: bool) -> str:
+    if not confirmed:
+        raise gr.Error("Tick 'Yes, delete its files' first: deleting a run removes its adapter and checkpoints.")
+    try:
+        jobs.delete(ws, run_id)
+    except StudioError as exc:
+        _fail(exc)
+    return f"Deleted {run_id} and its files."
+
+
+def run_command(ws: Workspace, run_id: str) -> str:
+    try:
+        run = jobs.get_run(ws, run_id)
+    except StudioError as exc:
+        _fail(exc)
+    manifest = run.folder.read_manifest()
+    return jobs.command_line(run.base_model, run.dataset_id, run.preset or "balanced", manifest.get("overrides"),
+                             run.name)
+
+
+# --- layout ----------------------------------------------------------------------------------------
+
+
+def run_page():
+    """The run page's components (also embedded by the Train tab); returns them in run_view's order."""
+    status = gr.Markdown(elem_id="run-status")
+    progress = gr.HTML(elem_id="run-progress")
+    with gr.Row():
+        loss = gr.LinePlot(x="step", y="loss", color="curve", title="Loss (lower is better)", height=260,
+                           label="loss curves")
+        lr = gr.LinePlot(x="step", y="learning rate", title="Learning rate", height=260, label="learning rate")
+    with gr.Accordion("Log (last lines of train.log)", open=False):
+        log = gr.Code(language=None, label="train.log", lines=12)
+    with gr.Accordion("Settings and manifest (what exactly this run used)", open=False):
+        with gr.Row():
+            config = gr.JSON(label="config.yaml")
+            manifest = gr.JSON(label="manifest.json")
+    return status, progress, loss, lr, log, config, manifest
+
+
+def build(ws: Workspace) -> None:
+    gr.Markdown(
+        "Every fine-tune of this workspace. Runs go on in the background: close the page, come back later, "
+        "or follow one from a terminal with `studio runs show ID --follow`. Runs wait in a queue and start "
+        "one at a time per GPU."
+    )
+    table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, label="Runs (newest first)", wrap=True,
+                         elem_id="runs-table")
+    with gr.Row():
+        chosen = gr.Dropdown(label="Run", choices=run_choices(ws), value=default_run(ws), scale=3,
+                             info="The run whose progress, curves and log are shown below; or click a row above.")
+        refresh = gr.Button("Refresh", size="sm", scale=0)
+    page = run_page()
+    with gr.Row():
+        cancel = gr.Button("Cancel", variant="stop", size="sm")
+        resume = gr.Button("Resume", size="sm")
+        rerun = gr.Button("Re-run exactly", size="sm")
+        command = gr.Button("Show command", size="sm")
+        confirm = gr.Checkbox(label="Yes, delete its files", value=False, scale=0,
+                              info="Deleting removes the run's adapter, checkpoints and curves.")
+        delete = gr.Button("Delete", variant="secondary", size="sm")
+    said = gr.Markdown(elem_id="runs-message")
+    cli = gr.Textbox(label="The same run from a terminal", lines=1, buttons=["copy"], interactive=False,
+                     info="The `studio train` line that starts a run with these settings.")
+    timer = gr.Timer(POLL_S)
+
+    def refresh_all(run_id):
+        return runs_table(ws), gr.Dropdown(choices=run_choices(ws), value=run_id)
+
+    def pick_row(frame: pd.DataFrame, evt: gr.SelectData):
+        row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
+        return frame.iloc[row]["run"]
+
+    outputs = list(page)
+    timer.tick(lambda run_id: (runs_table(ws), *run_view(ws, run_id)), [chosen], [table, *outputs],
+               api_name="runs_poll", show_progress="hidden")
+    refresh.click(refresh_all, [chosen], [table, chosen], api_name="runs_list")
+    table.select(pick_row, [table], chosen)
+    chosen.change(lambda run_id: run_view(ws, run_id), [chosen], outputs, api_name="runs_show")
+    cancel.click(lambda run_id: cancel_run(ws, run_id), [chosen], said, api_name="runs_cancel")
+    resume.click(lambda run_id: resume_run(ws, run_id), [chosen], said, api_name="runs_resume")
+    rerun.click(lambda run_id: rerun_run(ws, run_id), [chosen], [said, chosen], api_name="runs_rerun")
+    command.click(lambda run_id: run_command(ws, run_id), [chosen], cli, api_name="runs_command")
+    delete.click(lambda run_id, ok: delete_run(ws, run_id, ok), [chosen, confirm], said,
+                 api_name="runs_delete").then(refresh_all, [gr.State(None)], [table, chosen])
+    table.attach_load_event(lambda: runs_table(ws), None)
