@@ -154,6 +154,7 @@ def start_export(
         "base_source": resolve(ws, source.base_model).source, "adapter_dir": str(source.adapter_dir),
         "prompts": prompts, "expected": expected or [], "card": card or {}, "shard_size": shard_size,
         "max_new_tokens": max_new_tokens,
+        "reference_from": recorded_reference(ws, source.run_id, prompts, max_new_tokens),
     }
     (folder / "job.json").write_text(json.dumps(job, indent=2), encoding="utf-8")
     with ws.db() as db:
@@ -173,6 +174,21 @@ def start_export(
     with ws.db() as db:
         db["exports"].update(export_id, {"pid": proc.pid, "proc_start": started})
     return get_export(ws, export_id)
+
+
+def recorded_reference(ws: Workspace, run_id: str, prompts: list, max_new_tokens: int | None) -> str | None:
+    """reference.json of an earlier export of this run made with the same prompts: its replies are
+    the same (a run's adapter never changes), so the new export need not generate them again."""
+    if not prompts:
+        return None
+    for export in list_exports(ws, run_id):
+        if export.status != "succeeded":
+            continue
+        reference = export.reference()
+        if [p["messages"] for p in reference.get("prompts", [])] == prompts and (
+                max_new_tokens is None or reference.get("max_new_tokens") == max_new_tokens):
+            return str(export.folder / "reference.json")
+    return None
 
 
 def _alive(export: Export) -> bool:

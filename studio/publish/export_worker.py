@@ -138,27 +138,9 @@ def answer_budget(tokenizer, expected: list[str]) -> int:
     return min(512, max(32, 2 * max(lengths) + 16)) if lengths else 128
 
 
-def run(job: Job) -> None:
+def record_references(job: Job, model, tokenizer, eos: list[int], pad: int, dtype_name: str) -> None:
+    """The studio model's greedy replies (tuned, and with the adapter off) to the verification prompts."""
     spec = job.spec
-    job.event("load", 0.02, f"loading {spec['base_source']} and the adapter of {spec['run_id']}")
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-
-    from studio.publish.card import render_card
-
-    tokenizer = AutoTokenizer.from_pretrained(spec["adapter_dir"])
-    dtype = merge_dtype(spec["base_source"])
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    base = AutoModelForCausalLM.from_pretrained(spec["base_source"], dtype=dtype).to(device)
-    model = PeftModel.from_pretrained(base, spec["adapter_dir"]).eval()
-    gen_path = Path(spec["adapter_dir"]) / "generation_config.json"
-    generation = GenerationConfig.from_pretrained(spec["adapter_dir"] if gen_path.exists() else spec["base_source"])
-    eos = eos_ids(tokenizer, generation)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    dtype_name = str(dtype).replace("torch.", "")
-    job.event("load", 0.15, f"loaded in {dtype_name} on {device}; end-of-sequence ids {eos}")
-
     prompts = spec.get("prompts") or []
     budget = spec.get("max_new_tokens") or answer_budget(tokenizer, spec.get("expected") or [])
     references = []
@@ -175,10 +157,41 @@ def run(job: Job) -> None:
     (job.folder / "reference.json").write_text(json.dumps(
         {"max_new_tokens": budget, "eos_ids": eos, "dtype": dtype_name, "prompts": references}, indent=2))
 
+
+def run(job: Job) -> None:
+    spec = job.spec
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from studio.publish.card import render_card
+
+    tokenizer = AutoTokenizer.from_pretrained(spec["adapter_dir"])
+    dtype = merge_dtype(spec["base_source"])
+    dtype_name = str(dtype).replace("torch.", "")
+    gen_path = Path(spec["adapter_dir"]) / "generation_config.json"
+    generation = GenerationConfig.from_pretrained(spec["adapter_dir"] if gen_path.exists() else spec["base_source"])
+    eos = eos_ids(tokenizer, generation)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    kind, reused = spec["kind"], spec.get("reference_from")
+    model = None
+    if kind == "merged" or not reused:  # an adapter export with recorded replies needs no weights at all
+        from peft import PeftModel
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        job.event("load", 0.02, f"loading {spec['base_source']} in {dtype_name} on {device} with the adapter of "
+                  f"{spec['run_id']}")
+        base = AutoModelForCausalLM.from_pretrained(spec["base_source"], dtype=dtype).to(device)
+        model = PeftModel.from_pretrained(base, spec["adapter_dir"]).eval()
+        job.event("load", 0.15, f"loaded; end-of-sequence ids {eos}")
+    if reused:
+        shutil.copyfile(reused, job.folder / "reference.json")
+        job.event("reference", 0.45, f"reusing the studio model's replies recorded in {reused}")
+    else:
+        record_references(job, model, tokenizer, eos, pad, dtype_name)
+
     partial = job.folder / "model.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    kind = spec["kind"]
     if kind == "merged":
         job.event("merge", 0.5, f"merging the adapter into the {dtype_name} weights")
         merged = model.merge_and_unload()
