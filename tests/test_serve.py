@@ -202,3 +202,30 @@ def _forward_counts(endpoint) -> tuple[float, float]:
             name, value = line.rsplit(" ", 1)
             values[name] = float(value)
     return values.get("tgi_batch_forward_size_count", 0), values.get("tgi_batch_forward_size_sum", 0)
+
+
+def test_studio_serve_resolves_names_into_the_endpoint_command(ws, tmp_path, demo_model_source):
+    import json
+    import subprocess
+    import sys
+
+    adapter = make_adapter(demo_model_source, tmp_path / "adapter", seed=5)
+    out = subprocess.run([sys.executable, "-m", "studio", "serve", "--model", "demo-tiny", "--adapter",
+                          f"faq={tmp_path}", "--port", "9123", "--dry-run", "--json", "--home", str(ws.home)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    argv = json.loads(out.stdout)["argv"]
+    assert argv[1:3] == ["-m", "studio.serve"] and f"faq={adapter}" in argv  # a run folder → its adapter/
+    assert argv[argv.index("--model") + 1] == str(ws.models_dir / "demo-tiny")
+    bad = subprocess.run([sys.executable, "-m", "studio", "serve", "--model", "demo-tiny", "--adapter", "faq",
+                          "--dry-run", "--home", str(ws.home)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "not NAME=RUN" in bad.stderr
+
+
+def test_endpoint_process_refuses_a_folder_without_an_adapter(tmp_path, demo_model_source):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "studio.serve", "--model", str(demo_model_source), "--adapter",
+                          f"x={tmp_path}", "--port", str(free_port())], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "holds no adapter_config.json" in out.stderr
