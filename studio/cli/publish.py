@@ -78,7 +78,8 @@ def _progress(fraction: float, message: str) -> None:
 
 
 def format_plan(plan: dict) -> str:
-    lines = [f"Publish to {plan['target']} ({plan['slot']}), exporting the {plan['export_kind']} model:"]
+    what = "the merged model" if plan["export_kind"] == "merged" else "the adapter"
+    lines = [f"Publish to {plan['target']} ({plan['slot']}), exporting {what}:"]
     lines += [f"  {n}. {step}" for n, step in enumerate(plan["steps"], 1)]
     if plan.get("limits"):
         lim = plan["limits"]

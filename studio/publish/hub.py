@@ -70,7 +70,7 @@ def hub_errors(what: str, endpoint: str):
                                "Unset HF_HUB_OFFLINE for this command.") from exc
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
-        first = str(exc).splitlines()[0][:300]
+        first = (getattr(exc, "server_message", None) or str(exc).splitlines()[0])[:300]
         if status == 401:
             raise InvalidInput(f"The Hub refused the token (HTTP 401) while {what}: {first}",
                                "Check the token: it may be mistyped, revoked or expired; make one with write "

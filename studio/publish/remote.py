@@ -131,7 +131,9 @@ class RemoteTarget(Target):
                 "sglang": f"python -m sglang.launch_server --model-path {folder} --served-model-name {name} "
                           f"--context-length {limits.max_total_tokens}",
             }
-        base = source.base_model
+        from studio.models import resolve
+
+        base = resolve(self.ws, source.base_model).source  # a hub id, or the local folder it lives in
         return {
             "tgi": f"text-generation-launcher --model-id {base} --lora-adapters {name}={folder} "
                    f"--max-input-tokens {limits.max_input_tokens} --max-total-tokens {limits.max_total_tokens} "

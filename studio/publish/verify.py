@@ -194,7 +194,7 @@ def check_item(served: Served, ref: dict, budget: int) -> dict[str, Any]:
         text, finish = ask_chat(served, ref["messages"], budget)
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
-        detail = str(exc).splitlines()[0][:300]
+        detail = (getattr(exc, "server_message", None) or str(exc).splitlines()[0])[:300]
         item.update(endpoint=f"(error {status}: {detail})", endpoint_finish="error",
                     cause="truncation" if status == 422 and "token" in detail.lower() else "error")
         return item
