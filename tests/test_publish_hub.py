@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
+from studio import endpoints
 from studio.errors import InvalidInput
 from studio.publish import deployments, pipeline
 
@@ -180,9 +181,12 @@ def test_hub_push_merged_private_with_card_and_exact_files(trained_run, hub):
                                  "/api/models/tester/faq-bot/commit/main"]
     assert all(r["auth"] == f"Bearer {GOOD_TOKEN}" for r in hub.requests)
 
-    # the adapter pushed to the same repo replaces the merged files (an earlier push's files are deleted)
-    second = pipeline.publish(ws, run_id, "hub", options | {"merged": False})
+    # the adapter pushed to the same repo replaces the merged files (an earlier push's files are deleted);
+    # this time the pushed files are also served here for a moment and must answer like the studio model
+    second = pipeline.publish(ws, run_id, "hub", options | {"merged": False, "serve_check": True})
     assert second.status == "healthy" and second.previous_id == dep.id
+    assert second.verdict == "passed" and second.verification["matched"] == 3
+    assert not [e for e in endpoints.list_endpoints(ws, include_stopped=False) if e.name.startswith("check-")]
     assert "adapter_model.safetensors" in hub.repos["tester/faq-bot"]
     assert "model.safetensors" not in hub.repos["tester/faq-bot"]
     assert deployments.get_deployment(ws, dep.id).status == "replaced"
@@ -215,7 +219,6 @@ def test_hub_refuses_a_wrong_token_with_the_fix(ws, hub):
 def test_inference_endpoint_created_from_the_pushed_repo_followed_until_running(trained_run, hub, monkeypatch):
     from huggingface_hub import constants
 
-    from studio import endpoints
     from studio.publish.source import finished_run
 
     monkeypatch.setattr(constants, "INFERENCE_ENDPOINTS_ENDPOINT", f"{hub.url}/v2")

@@ -29,10 +29,11 @@ def studio(ws, *args, timeout=300):
 
 @pytest.fixture
 def cleanup(trained_run):
-    """Stop whatever endpoints a test started in the shared workspace."""
+    """Stop the endpoints this test started in the shared workspace (and only those)."""
+    before = {ep.id for ep in endpoints.list_endpoints(trained_run.ws)}
     yield
     for ep in endpoints.list_endpoints(trained_run.ws, include_stopped=False):
-        if ep.kind == "local":
+        if ep.kind == "local" and ep.id not in before:
             endpoints.stop_endpoint(trained_run.ws, ep.id)
 
 
