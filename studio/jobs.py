@@ -428,6 +428,8 @@ def reconcile(ws: Workspace) -> list[str]:
         fields: dict[str, Any] = {"finished_at": now(), **summary["progress"]}
         if status.get("state") in TERMINAL_STATES:
             fields.update(status=status["state"], error=status.get("reason"), fix=status.get("fix"))
+        elif run.cancel_requested_at:  # stopped before it could save anything (e.g. while starting up)
+            fields.update(status="cancelled", error=None, fix=None)
         else:
             last = run.folder.last_checkpoint()
             tail = [ln for ln in run.folder.tail_log(60) if ln.strip() and "it/s]" not in ln][-8:]

@@ -211,3 +211,13 @@ def test_worker_stops_when_told(ws):
     stop.set()
     thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_a_run_cancelled_before_it_could_save_anything_ends_cancelled(ws, dataset):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    started = psutil.Process(proc.pid).create_time()
+    proc.wait()
+    run = _running(ws, dataset, proc.pid, started)
+    jobs._update(ws, run.id, cancel_requested_at="2026-01-01T00:00:00+00:00")
+    jobs.reconcile(ws)
+    assert jobs.get_run(ws, run.id).status == "cancelled"
