@@ -421,9 +421,11 @@ def wait_ready(ws: Workspace, ref: str, timeout: float = START_TIMEOUT_S) -> End
 
 
 def find_endpoint_for_run(ws: Workspace, run_id: str) -> Endpoint | None:
-    """A live local endpoint that serves this run's adapter, if any."""
+    """A live local endpoint that serves this run's adapter under the run id (as start_for_run names it).
+
+    Publish's endpoints for the run (a merged model, an adapter under another name) do not count."""
     for endpoint in list_endpoints(ws, include_stopped=False):
-        if endpoint.kind == "local" and (endpoint.run_id == run_id or run_id in endpoint.adapters):
+        if endpoint.kind == "local" and run_id in endpoint.adapters:
             return endpoint
     return None
 

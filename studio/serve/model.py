@@ -58,15 +58,16 @@ class Served:
 def load(source: str, adapters: dict[str, str], *, served_name: str = "", quantize: str = "none",
          dtype: str = "auto", max_total_tokens: int | None = None) -> Served:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     cuda = torch.cuda.is_available()
-    if quantize == "4bit" and not cuda:
+    if quantize == "4bit" and not cuda:  # refused before the slower imports below
         raise LoadError("4-bit serving needs a CUDA GPU and none was found; serve in 16/32-bit with --quantize none.")
     for name, path in adapters.items():
         if not (Path(path) / "adapter_config.json").exists():
             raise LoadError(f"Adapter '{name}': {path} holds no adapter_config.json (not a saved LoRA adapter).")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     torch_dtype = _dtype(dtype, cuda)
     kwargs: dict[str, Any] = {"dtype": torch_dtype}
     if quantize == "4bit":

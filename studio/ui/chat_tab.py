@@ -35,7 +35,7 @@ def sources(ws: Workspace) -> list[tuple[str, str]]:
         if run.status in ("succeeded", "cancelled") and (Path(run.path) / "adapter" / "adapter_config.json").exists():
             choices.append((f"Run: {run.name or run.id} ({run.id})", run.id))
     for ep in endpoints.list_endpoints(ws, include_stopped=False):
-        if ep.run_id is None:
+        if not (ep.run_id and ep.run_id in ep.adapters):  # a run's own endpoint is listed as the run
             choices.append((f"Endpoint: {ep.name} — {ep.url} ({ep.kind})", ep.id))
     return choices
 
