@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from studio.data.ingest import SourceTable, read_table
+from studio.data.ingest import SourceTable, read_table, release_memory
 from studio.data.mapping import MappingGuess, build_conversations, check_mapping, guess_mapping
 from studio.errors import InvalidInput
 
@@ -147,6 +147,7 @@ def prepare(
         tokenizer, build_conversations(table, mapping, system_prompt), max_length=max_length,
         length_policy=length_policy, row_numbers=table.rows, row_label=table.row_label,
     )
+    release_memory()
     reasons = {k: [("data", i) for i in v] for k, v in main.reasons.items()}
     warnings = {k: [("data", i) for i in v] for k, v in main.warnings.items()}
     rejected = [("data", i, r) for i, r in main.rejected]
@@ -154,7 +155,7 @@ def prepare(
     if val_table is None:
         is_val = split_rows(main.question_keys, val_fraction=val_fraction, val_size=val_size, seed=seed)
         train_pos, val_pos = np.flatnonzero(~is_val), np.flatnonzero(is_val)
-        train_conv, val_conv = main.kept.take(train_pos), main.kept.take(val_pos)
+        (train, train_index), (val_messages, _) = main.kept.take_messages(train_pos), main.kept.take_messages(val_pos)
         train_tokens, val_tokens = main.tokens[train_pos], main.tokens[val_pos]
         answer_tokens = main.answer_tokens
         keys = main.question_keys
@@ -181,13 +182,15 @@ def prepare(
             rejected.append(("validation", int(val.kept.index[pos]), "the same question is in the training data"))
         reasons["leaked into validation"] = [("validation", int(val.kept.index[p])) for p in leaks]
         keep_val = np.setdiff1d(np.arange(len(val.kept)), leaks)
-        train_conv, val_conv = main.kept, val.kept.take(keep_val)
+        (train, train_index), (val_messages, _) = main.kept.take_messages(np.arange(len(main.kept))), \
+            val.kept.take_messages(keep_val)
         train_tokens, val_tokens = main.tokens, val.tokens[keep_val]
         answer_tokens = np.concatenate([main.answer_tokens, val.answer_tokens[keep_val]])
         leaks = np.array([], dtype=np.int64)  # the leaked rows were rejected above
         val_source = f"uploaded file {val_table.name}"
 
     tables = {"data": table, "validation": val_table}
+    release_memory()
 
     def numbers(items: list[tuple[str, int]]) -> list[int]:
         return [int(tables[src].rows[i]) for src, i in items]
@@ -208,7 +211,7 @@ def prepare(
         "base_model": base_model, "template": template, "max_length": max_length,
         "length_policy": length_policy, "seed": seed,
         "rows_in": len(table.frame) + (len(val_table.frame) if val_table is not None else 0),
-        "rows_train": len(train_conv), "rows_val": len(val_conv), "rows_rejected": len(rejected),
+        "rows_train": len(train), "rows_val": len(val_messages), "rows_rejected": len(rejected),
         "rows_truncated": len(main.truncated),
         "tokens": token_stats(kept_tokens), "tokens_train": int(train_tokens.sum()),
         "answer_tokens": token_stats(answer_tokens),
@@ -219,16 +222,16 @@ def prepare(
     }
     rejected_frame = _rejected_frame(rejected, tables)
     previews = []
-    for position in range(min(preview_rows, len(train_conv))):
-        chat = train_conv.messages[position].as_py()
-        previews.append({"row": int(table.rows[train_conv.index[position]]), "row_label": table.row_label,
+    for position in range(min(preview_rows, len(train))):
+        chat = train[position].as_py()
+        previews.append({"row": int(table.rows[train_index[position]]), "row_label": table.row_label,
                          **preview_tokens(tokenizer, chat)})
     template_text = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else json.dumps(
         tokenizer.chat_template)
     settings = {"base_model": base_model, "template": template,
                 "template_sha256": hashlib.sha256(template_text.encode()).hexdigest(),
                 "max_length": max_length, "length_policy": length_policy}
-    content_hash = _content_hash(settings, train_conv.messages, val_conv.messages)
+    content_hash = _content_hash(settings, train, val_messages)
     fields = {
         "source_name": table.name, "source_format": table.format, "base_model": base_model, "template": template,
         "mapping": mapping, "system_prompt": (system_prompt or "").strip(), "max_length": max_length,
@@ -236,7 +239,7 @@ def prepare(
     }
     return Prepared(
         name=(name or Path(table.name).stem).strip() or "dataset",
-        train=train_conv.messages, val=val_conv.messages if len(val_conv) else pa.array([], train_conv.messages.type),
+        train=train, val=val_messages if len(val_messages) else pa.array([], train.type),
         report=report, rejected=rejected_frame, previews=previews, content_hash=content_hash, fields=fields,
         template_text=template_text,
     )

@@ -122,7 +122,15 @@ def read_table(
     if len(table.frame) == 0:
         raise InvalidInput(f"'{name}' has column names but no rows of data.",
                            "Add rows under the header and upload again.")
+    release_memory()
     return table
+
+
+def release_memory() -> None:
+    """Hand Arrow's freed buffers (CSV blocks, intermediate strings) back to the OS between phases."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
 
 
 # --- format and encoding --------------------------------------------------------------------------

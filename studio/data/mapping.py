@@ -191,6 +191,14 @@ class Conversations:
     def __len__(self) -> int:
         return len(self.index)
 
+    def take_messages(self, positions: np.ndarray) -> tuple[pa.ListArray, np.ndarray]:
+        """Only the chats (and their source rows) of some positions: what a split keeps."""
+        import pyarrow as pa
+
+        if len(positions) == len(self):
+            return self.messages, self.index
+        return self.messages.take(pa.array(positions, type=pa.int64())), self.index[positions]
+
     def take(self, positions: np.ndarray) -> Conversations:
         import pyarrow as pa
 
@@ -218,7 +226,9 @@ def _text(table: SourceTable, column: str | None):
     values = pa.array(table.frame[column], type=pa.string(), from_pandas=True)
     if isinstance(values, pa.ChunkedArray):  # a big CSV arrives in blocks
         values = values.combine_chunks()
-    return pc.utf8_trim_whitespace(values.fill_null(""))
+    values = values.fill_null("")
+    padded = pc.match_substring_regex(values, r"^\s|\s$")  # a scan, not a copy: trim only when some cell needs it
+    return pc.utf8_trim_whitespace(values) if pc.any(padded).as_py() else values
 
 
 def _from_columns(table: SourceTable, mapping: dict[str, str], system_prompt: str) -> Conversations:
@@ -229,8 +239,14 @@ def _from_columns(table: SourceTable, mapping: dict[str, str], system_prompt: st
     n = len(table.frame)
     instruction, context = _text(table, mapping["instruction"]), _text(table, mapping.get("input"))
     has_context = pc.not_equal(context, "")
-    joined = pc.binary_join_element_wise(instruction, context, USER_INPUT_SEPARATOR)
-    user = pc.if_else(has_context, joined, instruction)
+    if pc.all(has_context).as_py():
+        user = pc.binary_join_element_wise(instruction, context, USER_INPUT_SEPARATOR)
+    elif pc.any(has_context).as_py():
+        user = pc.if_else(has_context, pc.binary_join_element_wise(instruction, context, USER_INPUT_SEPARATOR),
+                          instruction)
+    else:
+        user = instruction
+    del context
     assistant = _text(table, mapping["output"])
     system = _text(table, mapping.get("system"))
     if system_prompt:
@@ -245,11 +261,11 @@ def _from_columns(table: SourceTable, mapping: dict[str, str], system_prompt: st
     take[starts[has_system]] = rows[has_system]
     take[starts + has_system] = n + rows
     take[starts + has_system + 1] = 2 * n + rows
-    pool = pa.concat_arrays([system, user, assistant])
     roles = pa.DictionaryArray.from_arrays(
         pa.array(take // n, type=pa.int8()), pa.array(["system", "user", "assistant"])
     ).cast(pa.string())
-    contents = pool.take(pa.array(take))
+    contents = pa.chunked_array([system, user, assistant]).take(pa.array(take))
+    contents = contents.combine_chunks() if isinstance(contents, pa.ChunkedArray) else contents
     structs = pa.StructArray.from_arrays([roles, contents], names=["role", "content"])
     messages = pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), structs)
     # the prompt key only needs the system prompt when rows differ in it (no copy of every question otherwise)
