@@ -20,8 +20,8 @@ from studio.workspace import Workspace
 
 GUIDE = """### Chat with your tuned model beside the base model
 Pick a **finished run** (or an endpoint), type a question, press **Send**: the **left** pane answers with the
-model as it was before training, the **right** pane with your tuned model. If an answer is wrong, press 👎
-under it, write the answer you wanted and save it: it becomes a row you can train on next time.
+model as it was before training, the **right** pane with your tuned model. If an answer is wrong, press the
+thumbs-down under it, write the answer you wanted and save it: it becomes a row you can train on next time.
 """
 PANES = ("left", "right")
 
@@ -156,8 +156,8 @@ def build(ws: Workspace) -> None:
         as_curl = gr.Code(label="curl", language="shell", interactive=False)
         as_python = gr.Code(label="Python (huggingface_hub)", language="python", interactive=False)
     with gr.Accordion("Correct an answer", open=False) as correct_box:
-        gr.Markdown("Press 👎 under a wrong answer; it appears here. Write the answer the model should have "
-                    "given and save it: it is added as a training row to a new version of your dataset.")
+        gr.Markdown("Press the thumbs-down under a wrong answer; it appears here. Write the answer the model "
+                    "should have given and save it: it is added as a training row to a new version of your dataset.")
         disliked = gr.State({})
         wrong = gr.Textbox(label="The model's answer", interactive=False, lines=3)
         corrected = gr.Textbox(label="The correct answer", lines=4,
@@ -248,7 +248,7 @@ def build(ws: Workspace) -> None:
 
     def save_correction(picked: dict, fixed: str, sys_prompt: str, state: dict, ref: str | None):
         if not picked:
-            raise gr.Error("Press 👎 under the answer you want to correct first.")
+            raise gr.Error("Press the thumbs-down under the answer you want to correct first.")
         history, index = picked["history"], picked["index"]
         context = [m for m in history[:index] if m["content"]]
         messages = ([{"role": "system", "content": sys_prompt}] if sys_prompt and sys_prompt.strip() else []) + context

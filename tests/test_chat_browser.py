@@ -1,0 +1,49 @@
+"""The Chat tab in a real browser: pick the trained run, ask, see base and tuned side by side, press
+thumbs-down under the tuned answer, correct it, and find the correction in a new dataset version."""
+
+import pytest
+from browser import CHROMIUM_ARGS, SCREENSHOTS, chromium_path, studio_process
+from conftest import free_port
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def test_chat_side_by_side_and_correct_an_answer(trained_run):
+    from playwright.sync_api import sync_playwright
+
+    from studio import endpoints
+    from studio.data.store import list_versions, load_split
+
+    ws = trained_run.ws
+    with studio_process(ws.home, free_port()) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.get_by_role("tab", name="Chat").click()
+            page.get_by_label("Chat with").click()
+            page.get_by_role("option", name=trained_run.run_id).click()
+            page.locator("#chat-input textarea").fill("How do I reset my password?")
+            page.get_by_role("button", name="Send").click()
+            right = page.locator("#chat-right")
+            right.get_by_text("Forgot password").wait_for(timeout=90_000)
+            page.locator("#chat-left .message.bot").first.wait_for(timeout=30_000)
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(SCREENSHOTS / "chat.png"), full_page=True)
+            right.get_by_label("Dislike").first.click()
+            corrected = page.get_by_label("The correct answer")
+            corrected.wait_for(timeout=15_000)
+            corrected.fill("Choose Forgot password on the sign-in page; the emailed link works for 30 minutes.")
+            page.get_by_role("button", name="Save as a training row").click()
+            page.get_by_text("Saved. Dataset version").wait_for(timeout=30_000)
+        finally:
+            browser.close()
+            for ep in endpoints.list_endpoints(ws, include_stopped=False):
+                if trained_run.run_id in ep.adapters:
+                    endpoints.stop_endpoint(ws, ep.id)
+    version = max((v for v in list_versions(ws) if v.mapping.get("feedback_of") == trained_run.dataset_id),
+                  key=lambda v: v.mapping["corrections"])
+    last = load_split(ws, version.id, "train").to_list()[-1]["messages"]
+    assert last == [{"role": "user", "content": "How do I reset my password?"},
+                    {"role": "assistant", "content": "Choose Forgot password on the sign-in page; the emailed link "
+                                                     "works for 30 minutes."}]
