@@ -229,3 +229,28 @@ def test_endpoint_process_refuses_a_folder_without_an_adapter(tmp_path, demo_mod
     out = subprocess.run([sys.executable, "-m", "studio.serve", "--model", str(demo_model_source), "--adapter",
                           f"x={tmp_path}", "--port", str(free_port())], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "holds no adapter_config.json" in out.stderr
+
+
+def test_a_client_that_leaves_frees_its_row(endpoint):
+    """Closing a stream mid-way cancels the request: the batch empties long before 200 tokens."""
+    import time
+
+    body = {"inputs": "Tell me everything", "parameters": {"max_new_tokens": 200}}
+    before = _metric(endpoint, "tgi_request_generated_tokens_total")
+    with httpx.stream("POST", endpoint.url + "/generate_stream", json=body) as response:
+        for n, _ in enumerate(response.iter_lines()):
+            if n >= 4:
+                break
+    deadline = time.monotonic() + 10
+    while _metric(endpoint, "tgi_batch_current_size") != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert _metric(endpoint, "tgi_request_generated_tokens_total") == before  # it never finished
+    assert httpx.post(endpoint.url + "/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 2}}).json()
+
+
+def _metric(endpoint, name: str) -> float:
+    for line in httpx.get(endpoint.url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
