@@ -192,3 +192,4 @@ def test_with_docker_the_container_is_started_waited_for_and_verified(trained_ru
     assert any("starting ghcr.io/huggingface/text-generation-inference:3.3.6" in m for m in seen)
     assert dep.status == "healthy" and dep.verdict == "passed" and dep.url == f"http://127.0.0.1:{port}"
     assert deployments.live_in_slot(ws, "tgi-docker:engine").id == dep.id
+    assert endpoints.get_endpoint(ws, dep.url, refresh=False).name == "tgi-docker:engine"  # the Chat tab offers it

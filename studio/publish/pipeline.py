@@ -13,7 +13,7 @@ from studio.errors import Conflict, StudioError
 from studio.publish import deployments as registry
 from studio.publish.export import Export, get_export, reusable_export, start_export, wait_export
 from studio.publish.source import RunSource, finished_run, run_metrics
-from studio.publish.targets import Deployed, Plan, make_target
+from studio.publish.targets import Deployed, Plan, make_target, register_for_chat
 from studio.publish.verify import Served, verification_prompts, verify
 
 if TYPE_CHECKING:
@@ -147,7 +147,10 @@ def _record(ws: Workspace, dep_id: str, deployed: Deployed, export: Export, publ
                 deployed.cleanup()
         verification = _with_checks(verification, deployed.checks)
         status = "healthy" if verification["healthy"] else "unhealthy"
-    kept = registry.get_deployment(ws, dep_id).options  # e.g. rollback_of
+    current = registry.get_deployment(ws, dep_id)
+    kept = current.options  # e.g. rollback_of
+    if deployed.served is not None and current.target in ("tgi-docker", "remote", "inference-endpoint"):
+        register_for_chat(ws, deployed.served.url, current.slot)  # local endpoints are registered already
     return registry.update(
         ws, dep_id, status=status, url=deployed.url, verification=verification,
         model_name=deployed.served.model if deployed.served else None,

@@ -13,7 +13,7 @@ from pydantic import Field, field_validator
 
 from studio.errors import Conflict, InvalidInput, ModelUnavailable
 from studio.publish.source import RunSource, token_limits
-from studio.publish.targets import Deployed, Options, Plan, Progress, Target, register_for_chat
+from studio.publish.targets import Deployed, Options, Plan, Progress, Target
 from studio.publish.verify import Served
 
 if TYPE_CHECKING:
@@ -180,7 +180,6 @@ class RemoteTarget(Target):
                 checks.append({"ok": True, "cause": "adapter_unlisted",
                                "text": "TGI does not list its adapters; the verification compares the replies with "
                                        "the base model's to make sure the adapter is applied."})
-        register_for_chat(self.ws, o.url, f"deployed {name} at {o.url}")
         model = name if not o.merged else (o.model_name or facts.model_id or "tgi")
         served = Served(url=o.url, model=model, adapter_id=None if o.merged else name, api_key=o.api_key,
                         max_total_tokens=facts.max_total_tokens)
