@@ -6,6 +6,7 @@ Thin: each handler calls one function of studio.data.importer / studio.data.stor
 from __future__ import annotations
 
 import html
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,15 @@ def report_markdown(report: dict[str, Any]) -> str:
     if report["rows_train"] == 0:
         lines.append("⚠️ " + importer.no_rows_message(report) + " Download rejected.csv to see why.")
     return "\n\n".join(lines)
+
+
+def sample_frame(table) -> pd.DataFrame:
+    """The first rows as text, long cells shortened (a chat cell shows as its JSON)."""
+    def cell(value: Any) -> Any:
+        text = value if isinstance(value, (str, int)) else json.dumps(value, ensure_ascii=False, default=str)
+        return text[:300] + "…" if isinstance(text, str) and len(text) > 300 else text
+
+    return pd.DataFrame(table.sample()).map(cell)
 
 
 def versions_frame(ws: Workspace) -> pd.DataFrame:
@@ -208,7 +218,7 @@ def build(ws: Workspace) -> None:
         choices = [NONE, *table.columns]
         updates = [gr.update(choices=choices, value=guess.mapping.get(role, NONE)) for role in ROLES]
         sheet_update = gr.update(choices=src["sheets"], value=src["sheet"], visible=bool(src["sheets"]))
-        return ({"path": path, "table": table}, info, gr.update(value=pd.DataFrame(table.sample()), visible=True),
+        return ({"path": path, "table": table}, info, gr.update(value=sample_frame(table), visible=True),
                 *updates, sheet_update)
 
     def pick_sample(sample_name: str):
