@@ -84,3 +84,25 @@ def test_the_adapter_answers_like_the_training_data(trained_run):
     assert after != before
     assert difflib.SequenceMatcher(None, after, answer).ratio() > 0.8, (after, answer)
     assert difflib.SequenceMatcher(None, before, answer).ratio() < 0.3
+
+
+def test_cli_lists_and_follows_the_run(trained_run):
+    import subprocess
+    import sys
+
+    def studio(*args):
+        return subprocess.run([sys.executable, "-m", "studio", *args, "--home", str(trained_run.ws.home)],
+                              capture_output=True, text=True, timeout=120)
+
+    listed = studio("runs", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    row = next(r for r in json.loads(listed.stdout) if r["id"] == trained_run.run_id)
+    assert row["status"] == "succeeded" and row["progress"] == 1.0 and row["step"] == 60
+    followed = studio("runs", "show", trained_run.run_id, "--follow")
+    assert followed.returncode == 0, followed.stderr
+    lines = followed.stdout.splitlines()
+    assert "started at step 0 of 60" in lines and any(ln.startswith("step 60/60 · epoch") for ln in lines)
+    assert any(ln.startswith("step 20/60 · epoch") and "eval loss" in ln for ln in lines)
+    assert f"Run {trained_run.run_id} succeeded at step 60/60." in followed.stdout
+    shown = studio("runs", "show", trained_run.run_id)
+    assert "status    succeeded" in shown.stdout and "adapter   " in shown.stdout and "config    " in shown.stdout
