@@ -39,6 +39,13 @@ def test_unconfident_guess_stops_and_lists_the_columns(ws, tmp_path, capsys):
     assert code == 0 and data["created"] and data["mapping"] == {"instruction": "Frage", "output": "Antwort"}
     code, _, err = run(capsys, "data", "import", str(path), "--map", "output")
     assert code == 2 and "not ROLE=COLUMN" in err
+    wordy = tmp_path / "wordy.csv"
+    wordy.write_text("What the customer wrote in the ticket form,What our agent replied to the customer\n"
+                     "Where is my parcel?,On its way.\nCan I pay later?,Yes.\n", encoding="utf-8")
+    code, out, _ = run(capsys, "data", "import", str(wordy), "--dry-run", "--val", "0", "--json", "--header",
+                       "--map", "instruction=What the customer wrote in the ticket form",
+                       "--map", "output=What our agent replied to the customer")
+    assert code == 0 and json.loads(out)["report"]["rows_train"] == 2
 
 
 def test_list_show_rename_rm_and_dry_run(ws, capsys):

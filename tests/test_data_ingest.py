@@ -116,6 +116,13 @@ def test_json_records_wrapped_records_and_list_of_chats(tmp_path):
     assert read_table(chats).columns == ["messages"]
 
 
+def test_nested_json_values_become_text(tmp_path):
+    path = tmp_path / "nested.jsonl"
+    path.write_text(json.dumps({"question": "q", "answer": "a", "meta": {"k": 1}, "tags": ["x", "y"]}) + "\n")
+    table = read_table(path)
+    assert table.frame["meta"][0] == '{"k": 1}' and table.frame["tags"][0] == ["x", "y"]
+
+
 def test_parquet_with_text_numbers_and_messages(tmp_path):
     path = tmp_path / "faq.parquet"
     pd.DataFrame({"question": [q for q, _ in ROWS], "answer": [a for _, a in ROWS], "n": [1, 2]}).to_parquet(path)

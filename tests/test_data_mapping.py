@@ -112,3 +112,9 @@ def test_messages_rows_are_validated_one_by_one():
     assert set(reasons) == {2, 3, 4}
     assert "does not end with an assistant" in reasons[2] and "role 'tool'" in reasons[3]
     assert "expected the user" in reasons[4]
+
+
+def test_a_list_column_mapped_as_text_uses_its_json():
+    t = table(["tags", "answer"], [[["billing", "refund"], "Refunds take a week."]], object_columns=("tags",))
+    conv = build_conversations(t, {"instruction": "tags", "output": "answer"}, None)
+    assert conv.messages.to_pylist()[0][0] == {"role": "user", "content": '["billing", "refund"]'}

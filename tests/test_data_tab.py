@@ -38,7 +38,8 @@ def test_sample_check_save_show_rename_delete_over_http(ws, served):
     assert any("Use a sample" in str(t) and "1. **Upload**" in str(t) for t in texts)  # the first-run guide
     buttons = [b.value for b in app.blocks.values() if type(b).__name__ == "Button"]
     assert "Use a sample" in buttons and "3. Check and preview" in buttons
-    info, sample_rows, *roles, sheet = client.predict("support_faq.csv", api_name="/data_use_sample")
+    info, sample_rows, *roles, sheet, header = client.predict("support_faq.csv", api_name="/data_use_sample")
+    assert value(header) is True
     roles = [value(r) for r in roles]
     instruction, context, output = roles[:3]
     assert "support_faq.csv" in info and "guess" in info

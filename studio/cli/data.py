@@ -42,7 +42,11 @@ def register(verbs, common) -> None:
     imp.add_argument("--seed", type=int, default=42, help="seed of the train/validation split (default 42)")
     imp.add_argument("--name", default=None, help="a name for the version (default: the file name)")
     imp.add_argument("--sheet", default=None, help="XLSX: the sheet to read (default: the first)")
-    imp.add_argument("--no-header", action="store_true", help="the first row is data, not column names")
+    header = imp.add_mutually_exclusive_group()
+    header.add_argument("--header", dest="header", action="store_const", const=True, default=None,
+                        help="the first row holds the column names (default: sniffed)")
+    header.add_argument("--no-header", dest="header", action="store_const", const=False,
+                        help="the first row is data, not column names")
     imp.add_argument("--dry-run", action="store_true", help="check and report, but save nothing")
     imp.set_defaults(handler=run_import)
 
@@ -87,7 +91,7 @@ def run_import(args: argparse.Namespace, ws) -> Output:
         ws, args.file, mapping, system_prompt=args.system, base_model=args.base_model, template=args.template,
         max_length=args.max_length, length_policy="truncate" if args.truncate else "drop",
         val_fraction=args.val, val_size=args.val_size, val_file=args.val_file, seed=args.seed, name=args.name,
-        sheet=args.sheet, header=False if args.no_header else None, dry_run=args.dry_run,
+        sheet=args.sheet, header=args.header, dry_run=args.dry_run,
     )
     used = ", ".join(f"{role}={column!r}" for role, column in result.mapping.items())
     lines = [f"Columns: {used}" + ("" if mapping else " (guessed from the column names)")]

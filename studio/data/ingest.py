@@ -427,8 +427,10 @@ def _cell(value: Any, keep_lists: bool = False) -> Any:
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    if isinstance(value, list) and keep_lists:  # a chat: a list of messages
+        return value
     if isinstance(value, (list, dict)):
-        return value if keep_lists else json.dumps(value, ensure_ascii=False)
+        return json.dumps(value, ensure_ascii=False)
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return str(value)
@@ -436,7 +438,7 @@ def _cell(value: Any, keep_lists: bool = False) -> Any:
 
 def _column(values: list[Any]) -> pd.Series:
     """Text columns as pandas strings; a column holding lists (chat messages) stays as Python objects."""
-    if any(isinstance(v, (list, dict)) for v in values):
+    if any(isinstance(v, list) for v in values):
         return pd.Series(values, dtype=object)
     return pd.Series(values, dtype="str")
 

@@ -223,7 +223,10 @@ def _text(table: SourceTable, column: str | None):
 
     if column is None:
         return pa.array([""] * len(table.frame), type=pa.string())
-    values = pa.array(table.frame[column], type=pa.string(), from_pandas=True)
+    series = table.frame[column]
+    if series.dtype == object:  # a column of lists mapped as text: use its JSON
+        series = series.map(lambda v: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str))
+    values = pa.array(series, type=pa.string(), from_pandas=True)
     if isinstance(values, pa.ChunkedArray):  # a big CSV arrives in blocks
         values = values.combine_chunks()
     values = values.fill_null("")

@@ -144,6 +144,8 @@ def build(ws: Workspace) -> None:
                                    info="A short instruction given before every question, e.g. 'You are the support "
                                         "agent of Acme. Answer in two sentences.' Left empty: none.")
         sheet = gr.Dropdown([], label="Excel sheet", visible=False, info="Which sheet of the workbook holds the rows.")
+        header = gr.Checkbox(label="The first row holds the column names", value=True, visible=False,
+                             info="Guessed from the file; untick it when the first row is already data.")
     with gr.Accordion("Settings: base model, length, validation", open=False):
         with gr.Row():
             base_model = gr.Dropdown([e.id for e in catalog()], value=importer.DEFAULT_BASE_MODEL, label="Base model",
@@ -196,12 +198,12 @@ def build(ws: Workspace) -> None:
     roles = [role_boxes[r] for r in ROLES]
     settings = [system_prompt, base_model, template, max_length, length_policy, val_fraction, seed, val_file, name]
 
-    def inspect(path: str | None, sheet_name: str | None = None):
+    def inspect(path: str | None, sheet_name: str | None = None, has_header: bool | None = None):
         if not path:
             return ({}, "", gr.update(visible=False), *[gr.update(choices=[NONE], value=NONE)] * len(ROLES),
-                    gr.update(visible=False))
+                    gr.update(visible=False), gr.update(visible=False))
         try:
-            inspection = importer.inspect_file(path, sheet=sheet_name or None)
+            inspection = importer.inspect_file(path, sheet=sheet_name or None, header=has_header)
         except StudioError as exc:
             _fail(exc)
         table, guess = inspection.table, inspection.guess
@@ -218,8 +220,9 @@ def build(ws: Workspace) -> None:
         choices = [NONE, *table.columns]
         updates = [gr.update(choices=choices, value=guess.mapping.get(role, NONE)) for role in ROLES]
         sheet_update = gr.update(choices=src["sheets"], value=src["sheet"], visible=bool(src["sheets"]))
-        return ({"path": path, "table": table}, info, gr.update(value=sample_frame(table), visible=True),
-                *updates, sheet_update)
+        header_update = gr.update(value=src["header"], visible=src["format"] in ("csv", "tsv", "xlsx"))
+        return ({"path": path, "table": table, "sheet": src["sheet"], "header": src["header"]}, info,
+                gr.update(value=sample_frame(table), visible=True), *updates, sheet_update, header_update)
 
     def pick_sample(sample_name: str):
         return inspect(str(SAMPLES / (sample_name or SAMPLE_FILES[0])))
@@ -293,9 +296,10 @@ def build(ws: Workspace) -> None:
             _fail(exc)
         return f"Deleted {dataset_id}.", versions_frame(ws), gr.update(choices=_version_ids(ws), value=None), ""
 
-    inspected = [state, source_info, sample_rows, *roles, sheet]
+    inspected = [state, source_info, sample_rows, *roles, sheet, header]
     upload.upload(inspect, [upload], inspected, api_name="data_inspect")
     sheet.input(lambda st, s: inspect(st.get("path"), s), [state, sheet], inspected)
+    header.input(lambda st, h: inspect(st.get("path"), st.get("sheet"), h), [state, header], inspected)
     use_sample.click(pick_sample, [sample], inspected, api_name="data_use_sample")
     check.click(run_checks, [state, *roles, *settings], [state, summary, preview, checks, rejected, plot, name],
                 api_name="data_check")
