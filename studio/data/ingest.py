@@ -9,7 +9,6 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import json
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -109,12 +108,15 @@ def read_table(
     with path.open("rb") as fh:
         head = fh.read(SAMPLE_BYTES)
     fmt = _detect_format(path, head, name)
-    if fmt == "parquet":
-        table = _read_parquet(path, name)
-    elif fmt == "xlsx":
-        table = _read_xlsx(path, name, sheet, header)
-    elif fmt in ("json", "jsonl"):
-        table = _read_json(path, name, head, fmt)
+    if fmt in ("parquet", "xlsx", "json", "jsonl"):
+        from studio.data import readers
+
+        if fmt == "parquet":
+            table = readers.read_parquet(path, name)
+        elif fmt == "xlsx":
+            table = readers.read_xlsx(path, name, sheet, header)
+        else:
+            table = readers.read_json(path, name, head, fmt)
     else:
         table = _read_delimited(path, name, head, fmt, header)
     _check_columns(table)
@@ -157,7 +159,7 @@ def _detect_format(path: Path, head: bytes, name: str) -> str:
             raise InvalidInput(f"'{name}' is {what}, not a table of rows.", _FORMATS_FIX)
     if ext in ("parquet", "pq", "xlsx", "xlsm"):  # the extension promises a binary format the bytes do not have
         raise InvalidInput(f"'{name}' is named .{ext} but its content is not a {ext.upper()} file.", _FORMATS_FIX)
-    encoding = _sniff_encoding(head)
+    encoding = sniff_encoding(head)
     if encoding is None:
         raise InvalidInput(f"'{name}' is a binary file, not text or a spreadsheet.", _FORMATS_FIX)
     text = (_decode_sample(head, encoding) or "").lstrip()
@@ -174,7 +176,7 @@ def _detect_format(path: Path, head: bytes, name: str) -> str:
 _FORMATS_FIX = "Upload a CSV, TSV, JSONL, JSON, Parquet or XLSX file (in Excel: File > Save As > CSV UTF-8)."
 
 
-def _sniff_encoding(head: bytes) -> str | None:
+def sniff_encoding(head: bytes) -> str | None:
     """The text encoding of a file from its first bytes; None for binary content."""
     encoding = _guess_encoding(head)
     if encoding is None or encoding in ("cp1252", "latin-1"):
@@ -225,7 +227,7 @@ def _read_delimited(path: Path, name: str, head: bytes, fmt: str, header: bool |
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    encoding = _sniff_encoding(head) or "utf-8"
+    encoding = sniff_encoding(head) or "utf-8"
     sample = _decode_sample(head, encoding) or head.decode("latin-1")
     if len(head) == SAMPLE_BYTES and "\n" in sample:  # drop the last, probably cut, line
         sample = sample[: sample.rindex("\n") + 1]
@@ -233,9 +235,9 @@ def _read_delimited(path: Path, name: str, head: bytes, fmt: str, header: bool |
     first = _first_record(sample, delimiter)
     if not first or all(not c.strip() for c in first):
         raise InvalidInput(f"The first row of '{name}' is empty.", "Put the column names in the first row.")
-    has_header = _looks_like_header(first) if header is None else header
-    names = _header_names(first) if has_header else [f"column_{i + 1}" for i in range(len(first))]
-    _check_names(names, name)
+    has_header = looks_like_header(first) if header is None else header
+    names = header_names(first) if has_header else [f"column_{i + 1}" for i in range(len(first))]
+    check_names(names, name)
     if len(names) > MAX_COLUMNS:
         raise InvalidInput(f"'{name}' has {len(names)} columns; at most {MAX_COLUMNS} are read.",
                            "Keep only the columns with the questions, answers and context.")
@@ -316,7 +318,7 @@ def _first_record(sample: str, delimiter: str) -> list[str]:
         return []
 
 
-def _looks_like_header(cells: list[str]) -> bool:
+def looks_like_header(cells: list[str]) -> bool:
     """Column names are short labels; a first row with numbers, sentences or long text is data."""
     for cell in cells:
         text = cell.strip()
@@ -327,11 +329,11 @@ def _looks_like_header(cells: list[str]) -> bool:
     return True
 
 
-def _header_names(cells: list[str]) -> list[str]:
+def header_names(cells: list[str]) -> list[str]:
     return [c.strip() or f"{_UNNAMED}{i}" for i, c in enumerate(cells, start=1)]
 
 
-def _check_names(names: list[str], name: str) -> None:
+def check_names(names: list[str], name: str) -> None:
     seen: dict[str, int] = {}
     for i, col in enumerate(names, start=1):
         key = "" if col.startswith(_UNNAMED) else col.strip().casefold()
@@ -356,148 +358,6 @@ def _explain_csv_error(exc: Exception, name: str, encoding: str) -> InvalidInput
         return InvalidInput(f"'{name}' is not valid {encoding} text: {text.splitlines()[0]}",
                             "Save it again as 'CSV UTF-8' from Excel, or upload the XLSX itself.")
     return InvalidInput(f"'{name}' could not be read as CSV: {text.splitlines()[0]}", _FORMATS_FIX)
-
-
-# --- JSON / JSONL ---------------------------------------------------------------------------------
-
-
-def _read_json(path: Path, name: str, head: bytes, fmt: str) -> SourceTable:
-    encoding = _sniff_encoding(head) or "utf-8"
-    try:
-        text = path.read_bytes().decode(encoding)
-    except UnicodeDecodeError as exc:
-        raise InvalidInput(f"'{name}' is not valid {encoding} text (byte {exc.start}).",
-                           "Save the file as UTF-8.") from exc
-    records: list[Any]
-    if fmt == "jsonl":
-        records, rows = [], []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"Line {number} of '{name}' is not valid JSON: {exc.msg} (column {exc.colno}).",
-                                   "Each line of a JSONL file must be one complete JSON object.") from exc
-            rows.append(number)
-        label = "line"
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(f"'{name}' is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}.",
-                               "Fix the file there, or export it again.") from exc
-        if isinstance(data, dict):  # {"data": [...]} or {"rows": [...]}: the one list of records inside
-            lists = [v for v in data.values() if isinstance(v, list)]
-            if len(lists) != 1:
-                raise InvalidInput(f"'{name}' holds one JSON object, not a list of records.",
-                                   "Save a list of records: [{\"question\": ..., \"answer\": ...}, ...].")
-            data = lists[0]
-        if not isinstance(data, list):
-            raise InvalidInput(f"'{name}' holds a single JSON value, not a list of records.",
-                               "Save a list of records: [{\"question\": ..., \"answer\": ...}, ...].")
-        records, rows, label = data, list(range(1, len(data) + 1)), "record"
-    if not records:
-        raise InvalidInput(f"'{name}' holds no records.", "Add records and upload again.")
-    if all(isinstance(r, list) for r in records):  # a list of conversations, each a list of messages
-        records = [{"messages": r} for r in records]
-    for row, rec in zip(rows, records, strict=True):
-        if not isinstance(rec, dict):
-            raise InvalidInput(f"{label.title()} {row} of '{name}' is a {type(rec).__name__}, not an object.",
-                               "Every record must be an object like {\"question\": ..., \"answer\": ...}.")
-    columns: dict[str, None] = {}
-    for rec in records:
-        columns.update(dict.fromkeys(rec))
-    if len(columns) > MAX_COLUMNS:
-        raise InvalidInput(f"'{name}' has {len(columns)} different keys; at most {MAX_COLUMNS} are read.",
-                           "Keep only the fields with the questions, answers and context.")
-    _check_names([str(c) for c in columns], name)
-    data = {str(c): [_cell(rec.get(c), keep_lists=True) for rec in records] for c in columns}
-    frame = pd.DataFrame({c: _column(v) for c, v in data.items()})
-    return SourceTable(frame=frame, rows=np.asarray(rows, dtype=np.int64), name=name, format=fmt,
-                       row_label=label, encoding=encoding)
-
-
-def _cell(value: Any, keep_lists: bool = False) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    if isinstance(value, list) and keep_lists:  # a chat: a list of messages
-        return value
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
-
-
-def _column(values: list[Any]) -> pd.Series:
-    """Text columns as pandas strings; a column holding lists (chat messages) stays as Python objects."""
-    if any(isinstance(v, list) for v in values):
-        return pd.Series(values, dtype=object)
-    return pd.Series(values, dtype="str")
-
-
-# --- Parquet / XLSX -------------------------------------------------------------------------------
-
-
-def _read_parquet(path: Path, name: str) -> SourceTable:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise InvalidInput(f"'{name}' is not a readable Parquet file: {str(exc).splitlines()[0]}",
-                           "Write it again (pandas: df.to_parquet), or upload CSV.") from exc
-    _check_names(table.column_names, name)
-    frame = pd.DataFrame()
-    for col_name, column in zip(table.column_names, table.columns, strict=True):
-        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-            frame[col_name] = pd.Series(column.fill_null("").to_pylist(), dtype="str")
-        else:
-            frame[col_name] = _column([_cell(v, keep_lists=True) for v in column.to_pylist()])
-    return SourceTable(frame=frame, rows=np.arange(1, len(frame) + 1, dtype=np.int64), name=name, format="parquet",
-                       row_label="record")
-
-
-def _read_xlsx(path: Path, name: str, sheet: str | None, header: bool | None) -> SourceTable:
-    import openpyxl
-
-    try:
-        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except Exception as exc:  # openpyxl raises many kinds for a damaged workbook
-        raise InvalidInput(f"'{name}' is not a readable Excel workbook: {exc}",
-                           "Open it in Excel and save it again, or save it as CSV.") from exc
-    try:
-        sheets = list(book.sheetnames)
-        if sheet and sheet not in sheets:
-            raise InvalidInput(f"'{name}' has no sheet called '{sheet}'.",
-                               f"Pick one of: {', '.join(repr(s) for s in sheets)}.")
-        chosen = sheet or sheets[0]
-        values = [list(r) for r in book[chosen].iter_rows(values_only=True)]
-    finally:
-        book.close()
-    numbered = [(i, r) for i, r in enumerate(values, start=1) if any(v not in (None, "") for v in r)]
-    if not numbered:
-        raise InvalidInput(f"Sheet '{chosen}' of '{name}' is empty.",
-                           f"Pick the sheet with the data (sheets: {', '.join(sheets)}).")
-    width = max(len(r) for _, r in numbered)
-    cells = [[_cell(v) for v in r] + [""] * (width - len(r)) for _, r in numbered]
-    has_header = _looks_like_header(cells[0]) if header is None else header
-    if has_header:
-        names, body, numbers = _header_names(cells[0]), cells[1:], [n for n, _ in numbered[1:]]
-    else:
-        names, body, numbers = [f"column_{i + 1}" for i in range(width)], cells, [n for n, _ in numbered]
-    _check_names(names, name)
-    frame = pd.DataFrame({n: pd.Series([row[i] for row in body], dtype="str") for i, n in enumerate(names)})
-    return SourceTable(frame=frame, rows=np.asarray(numbers, dtype=np.int64), name=name, format="xlsx",
-                       header=has_header, sheet=chosen, sheets=sheets)
 
 
 # --- checks every format shares ---------------------------------------------------------------------
