@@ -80,7 +80,8 @@ PEAK_TFLOPS = {
 DEFAULT_PEAK_TFLOPS = 100
 # The CPU (demo-tiny only): effective training FLOP/s of 32-bit PyTorch on a few cores, and a fixed
 # cost per optimizer step (Python, data collation, logging) that dominates tiny models. Measured on the
-# 2-core test box: quick-test on demo-tiny (60 steps of 8 x ~40 tokens) took ~25 s.
+# 2-core test box, demo-tiny, 8 x ~35 tokens per step: 0.07 s per step on an idle box, 0.55 s at a load
+# average of 3 (other test runs); 0.30 s sits between.
 CPU_FLOPS = 20e9
 STEP_OVERHEAD_S = {"gpu": 0.05, "cpu": 0.30}
 # Rows padded to the longest in their batch process more tokens than they hold: measured 1.5x (34%
@@ -341,20 +342,30 @@ def dataset_stats(ws: Workspace, dataset_id: str, base_model: str, sample: int =
     """Rows and token lengths of a dataset version, for the estimate.
 
     The Data tab's report has them when the version was counted with this base model's tokenizer;
-    otherwise a random sample of up to `sample` rows is rendered and counted with it.
+    otherwise a random sample of up to `sample` rows is rendered and counted with it. A hub model whose
+    tokenizer is not downloaded yet is not fetched here (that can take a minute offline): the report's
+    numbers, counted with another tokenizer, stand in for them.
     """
+    from transformers import AutoTokenizer
+
     from studio.data.store import get_version, load_split
     from studio.data.templates import apply_template
-    from studio.models import load_tokenizer
+    from studio.models import resolve
 
     version = get_version(ws, dataset_id)
     tokens = (version.report or {}).get("tokens") or {}
+    reported = {"rows": version.rows_train, "mean_tokens": tokens.get("mean"), "max_tokens": tokens.get("max")}
     if version.base_model == base_model and tokens.get("max"):
-        return {"rows": version.rows_train, "mean_tokens": tokens.get("mean"), "max_tokens": tokens.get("max")}
+        return reported
+    resolved = resolve(ws, base_model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.source, local_files_only=not resolved.local)
+        tokenizer = apply_template(tokenizer, version.template or "model")
+    except Exception:  # not downloaded, or no chat template: the report's counts are the best guess
+        return reported if tokens.get("max") else {"rows": version.rows_train}
     train = load_split(ws, dataset_id, "train")
     if len(train) > sample:
         train = train.shuffle(seed=0).select(range(sample))
-    tokenizer = apply_template(load_tokenizer(ws, base_model), version.template or "model")
     lengths = [len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=False)) for row in train]
     return {
         "rows": version.rows_train,

@@ -115,7 +115,7 @@ def plan(ws: Workspace, cfg: TrainConfig) -> Plan:
                     "downloaded (it is not in the catalog).", device=device)
     try:
         stats = fitcheck.dataset_stats(ws, cfg.dataset_id, cfg.base_model)
-    except ModelUnavailable:
+    except ModelUnavailable:  # a local folder that is not a model: the run itself will say so
         stats = {}
     estimate = fitcheck.estimate(shape, cfg, stats, gpu, available_bytes=psutil.virtual_memory().available)
     return Plan(config=cfg, estimate=estimate.model_dump(), summary=estimate.summary(), device=device)
