@@ -45,3 +45,10 @@ def test_models_list_and_show(studio_home):
     assert shown.returncode == 0 and "gated" in shown.stdout
     bad = studio("models", "show", "no such model")
     assert bad.returncode == 2 and "neither an existing folder nor a hub id" in bad.stderr
+
+
+def test_home_before_or_after_the_verb(tmp_path):
+    before = studio("--home", str(tmp_path / "a"), "doctor", "--json")
+    after = studio("doctor", "--json", "--home", str(tmp_path / "b"))
+    assert json.loads(before.stdout)["workspace"] == str(tmp_path / "a")
+    assert json.loads(after.stdout)["workspace"] == str(tmp_path / "b")

@@ -41,10 +41,13 @@ def _common_parser() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     common = _common_parser()
     parser = argparse.ArgumentParser(
-        prog="studio", parents=[common],
-        description="LLMOps Studio: fine-tune a model on your data, chat with it, publish it.",
+        prog="studio", description="LLMOps Studio: fine-tune a model on your data, chat with it, publish it.",
     )
-    parser.set_defaults(json=False, debug=False, home=None)
+    # The same flags before the verb, as actions of their own: set_defaults on the shared `common`
+    # actions would reset every verb's value to the default and lose `studio --home X verb`.
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON document")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    parser.add_argument("--home", default=None, help="the workspace folder")
     verbs = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         importlib.import_module(f"{__name__}.{module.name}").register(verbs, common)
