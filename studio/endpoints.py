@@ -263,6 +263,8 @@ def _check_port(port: int) -> None:
     if not 1024 <= port <= 65535:
         raise InvalidInput(f"Port {port} is out of range.", "Pick a port between 1024 and 65535, or leave it empty.")
     with socket.socket() as s:
+        # as uvicorn binds: a port just freed by a stopped endpoint (TIME_WAIT) is free to reuse
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError as exc:
