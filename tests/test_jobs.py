@@ -221,3 +221,23 @@ def test_a_run_cancelled_before_it_could_save_anything_ends_cancelled(ws, datase
     jobs._update(ws, run.id, cancel_requested_at="2026-01-01T00:00:00+00:00")
     jobs.reconcile(ws)
     assert jobs.get_run(ws, run.id).status == "cancelled"
+
+
+def test_admission_on_a_full_gpu_asks_the_endpoints_to_unload_and_says_so(ws, dataset, monkeypatch):
+    """The CUDA-only branch, with the GPU list of a machine whose GPU is nearly full (no GPU here)."""
+    import studio.endpoints
+    import studio.system
+
+    asked = []
+    monkeypatch.setattr(studio.system, "gpus", lambda: [{"index": 0, "name": "NVIDIA L4", "memory_free_gb": 0.05,
+                                                        "memory_total_gb": 24.0}])
+    real_stop = studio.endpoints.stop_local_endpoints
+    monkeypatch.setattr(studio.endpoints, "stop_local_endpoints",
+                        lambda w, reason: asked.append(reason) or real_stop(w, reason))
+    run = _submit(ws, dataset, "r")
+    jobs.admit(ws, run, 0)
+    assert len(asked) == 1 and run.id in asked[0] and "free GPU memory" in asked[0]
+    notice = jobs.get_run(ws, run.id).notice
+    assert "Only 0.05 GB of GPU memory is free" in notice and "may run out of memory" in notice
+    jobs.admit(ws, run, jobs.CPU_SLOT)  # the CPU has no endpoints to unload
+    assert len(asked) == 1
