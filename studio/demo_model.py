@@ -42,6 +42,10 @@ ARCH = dict(
     num_key_value_heads=2,
     max_position_embeddings=1024,
     tie_word_embeddings=True,
+    # With tied embeddings at the usual std 0.02 in 128 dimensions the logits cannot exceed ~2.6,
+    # so the loss cannot fall below ~4.4 nats: quick-test learned nothing recognisable. At 0.1 it
+    # reaches loss ~0.6 on the support FAQ in 100 steps (measured).
+    initializer_range=0.1,
 )
 
 
