@@ -44,7 +44,7 @@ def test_sample_check_save_show_rename_delete_over_http(ws, served):
     instruction, context, output = roles[:3]
     assert "support_faq.csv" in info and "guess" in info
     assert (instruction, context, output) == ("question", "(none)", "answer")
-    settings = ["You are the support agent of Acme.", "demo-tiny", "auto", None, "drop", 0.1, 42, None, ""]
+    settings = ["You are the support agent of Acme.", "demo-tiny", "auto", None, "drop", 0.1, None, 42, None, ""]
     summary, preview, checks, rejected, plot, name = client.predict(*roles, *settings, api_name="/data_check")
     assert "45 training and 5 validation rows" in summary and value(name) == "support_faq"
     answers = "".join(re.findall(r'background:#c8f0c8;">([^<]*)<', preview))  # the green (learned) tokens
@@ -81,9 +81,9 @@ def test_upload_with_problems_offers_rejected_csv(ws, served, tmp_path):
     info, *_ = served.predict(handle_file(str(path)), api_name="/data_inspect")
     assert "10 rows" in info
     roles = ["Customer question", "(none)", "Agent answer", "(none)", "(none)"]
-    settings = ["", "demo-tiny", "auto", None, "drop", 0.2, 42, None, "my sheet"]
+    settings = ["", "demo-tiny", "auto", None, "drop", 0.2, 2, 42, None, "my sheet"]
     summary, _, checks, rejected, _, name = served.predict(*roles, *settings, api_name="/data_check")
-    assert "2 rejected" in summary
+    assert "6 training and 2 validation rows" in summary and "2 rejected" in summary
     rows = list(csv.DictReader(io.StringIO(Path(rejected).read_text("utf-8-sig"))))
     assert [(r["row"], r["reason"]) for r in rows] == [("10", "exact duplicate of row 3"),
                                                        ("11", "the answer is empty")]

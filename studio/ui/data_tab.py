@@ -127,13 +127,14 @@ def build(ws: Workspace) -> None:
     state = gr.State({})
     with gr.Row():
         upload = gr.File(label="1. Your spreadsheet (CSV, TSV, XLSX, JSONL, JSON or Parquet)", scale=3,
-                         file_types=[".csv", ".tsv", ".txt", ".xlsx", ".jsonl", ".json", ".parquet"])
+                         file_types=[".csv", ".tsv", ".txt", ".xlsx", ".jsonl", ".json", ".parquet"],
+                         elem_id="data-upload")
         with gr.Column(scale=2):
             sample = gr.Dropdown(SAMPLE_FILES, value=SAMPLE_FILES[0], label="…or a sample",
                                  info="Small example sheets shipped with the studio: a support FAQ and "
                                       "fictional clinical triage notes.")
             use_sample = gr.Button("Use a sample", variant="secondary")
-    source_info = gr.Markdown()
+    source_info = gr.Markdown(elem_id="data-source")
     sample_rows = gr.Dataframe(label="First rows of the file", interactive=False, visible=False, wrap=True)
     gr.Markdown("#### 2. Which column is which?")
     with gr.Row():
@@ -164,12 +165,14 @@ def build(ws: Workspace) -> None:
                                      label="Share held out for validation",
                                      info="These rows are not trained on; they measure how well the model "
                                           "generalises. Ignored when a validation file is given.")
+            val_rows = gr.Number(value=None, precision=0, label="…or a number of validation rows",
+                                 info="When set, exactly this many rows are held out instead of a share.")
             seed = gr.Number(value=importer.DEFAULT_SEED, precision=0, label="Split seed",
                              info="The same seed gives the same split every time.")
         val_file = gr.File(label="Validation file (optional, same columns)",
                            file_types=[".csv", ".tsv", ".txt", ".xlsx", ".jsonl", ".json", ".parquet"])
     check = gr.Button("3. Check and preview", variant="primary")
-    summary = gr.Markdown()
+    summary = gr.Markdown(elem_id="data-summary")
     with gr.Accordion("What the model will read", open=True):
         preview = gr.HTML()
     with gr.Accordion("Checks", open=True):
@@ -180,10 +183,10 @@ def build(ws: Workspace) -> None:
     with gr.Row():
         name = gr.Textbox(label="Version name", scale=3, info="Defaults to the file name. You can rename it later.")
         save = gr.Button("4. Save dataset version", variant="primary", scale=1)
-    saved = gr.Markdown()
+    saved = gr.Markdown(elem_id="data-saved")
 
     gr.Markdown("### Saved dataset versions")
-    versions = gr.Dataframe(interactive=False, wrap=True)
+    versions = gr.Dataframe(interactive=False, wrap=True, elem_id="data-versions")
     with gr.Row():
         version_id = gr.Dropdown([], label="Version", info="Pick a saved version to preview, rename or delete.",
                                  scale=2)
@@ -196,7 +199,8 @@ def build(ws: Workspace) -> None:
     version_preview = gr.HTML()
 
     roles = [role_boxes[r] for r in ROLES]
-    settings = [system_prompt, base_model, template, max_length, length_policy, val_fraction, seed, val_file, name]
+    settings = [system_prompt, base_model, template, max_length, length_policy, val_fraction, val_rows, seed, val_file,
+                name]
 
     def inspect(path: str | None, sheet_name: str | None = None, has_header: bool | None = None):
         if not path:
@@ -231,12 +235,13 @@ def build(ws: Workspace) -> None:
         if not st.get("table"):
             raise gr.Error("Upload a file or click 'Use a sample' first.")
         mapping = {r: v for r, v in zip(ROLES, role_values, strict=True) if v and v != NONE}
-        sys_prompt, model, tmpl, length, policy, fraction, seed_value, val_path, version_name = values
-        key = (st["path"], tuple(sorted(mapping.items())), sys_prompt, model, tmpl, length, policy, fraction,
-               seed_value, val_path)
+        sys_prompt, model, tmpl, length, policy, fraction, rows, seed_value, val_path, version_name = values
+        key = (st["path"], st.get("sheet"), st.get("header"), tuple(sorted(mapping.items())), sys_prompt, model, tmpl,
+               length, policy, fraction, rows, seed_value, val_path)
         kwargs = dict(system_prompt=sys_prompt, base_model=(model or "").strip() or importer.DEFAULT_BASE_MODEL,
                       template=None if tmpl in (None, AUTO) else tmpl, max_length=int(length) if length else None,
-                      length_policy=policy, val_fraction=float(fraction or 0), seed=int(seed_value or 0),
+                      length_policy=policy, val_fraction=float(fraction or 0),
+                      val_size=int(rows) if rows not in (None, "") else None, seed=int(seed_value or 0),
                       name=version_name or None)
         return mapping, (key, kwargs, val_path)
 
