@@ -374,11 +374,15 @@ def import_file(
     guess = inspection.guess
     if mapping is None:
         if not guess.confident:
+            table = inspection.table
             suggestion = " ".join(f"--map {r}={c!r}" for r, c in guess.mapping.items()) or "--map instruction=... " \
                                                                                            "--map output=..."
+            other_sheets = [s for s in table.sheets if s != table.sheet]
+            sheets = (f" (sheet {table.sheet!r}; the workbook also has {', '.join(repr(s) for s in other_sheets)}: "
+                      "choose one with --sheet)") if other_sheets else ""
             raise InvalidInput(
-                f"The columns of '{inspection.table.name}' could not be matched with confidence: "
-                f"{', '.join(repr(c) for c in inspection.table.columns)}. {' '.join(guess.notes)}",
+                f"The columns of '{table.name}'{sheets} could not be matched with confidence: "
+                f"{', '.join(repr(c) for c in table.columns)}. {' '.join(guess.notes)}",
                 f"Say which column is which, e.g. {suggestion}.",
             )
         mapping = guess.mapping

@@ -69,7 +69,8 @@ def as_text(report: dict[str, Any]) -> str:
     """The report for a terminal: the summary, each check, and a bar chart of the lengths."""
     lines = [summary_line(report)]
     src = report.get("source", {})
-    lines.append(f"Source: {src.get('name')} ({src.get('format')}, {src.get('encoding') or 'binary'}"
+    where = f"sheet {src['sheet']!r}" if src.get("sheet") else (src.get("encoding") or "")
+    lines.append(f"Source: {src.get('name')} ({src.get('format')}" + (f", {where}" if where else "")
                  + (f", delimiter {src['delimiter']!r}" if src.get("delimiter") else "") + ")"
                  + f"; template {report['template']}; tokenizer of {report['base_model']}.")
     for check in report["checks"]:
