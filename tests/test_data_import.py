@@ -130,7 +130,8 @@ def test_messages_jsonl_multi_turn(ws, tmp_path):
     assert checks_by_name(result.report)[("not a usable chat", "rejected")]["rows"] == [7]
     preview = result.prepared.previews[0]
     trained = "".join(p["text"] for p in preview["pieces"] if p["trained"])
-    assert trained == "Hello 0!<|im_end|>\nThen step 0.<|im_end|>\n"  # both answers, each with its end of turn
+    assert trained == "Then step 0.<|im_end|>\n"  # the final answer: earlier turns are context, as in training
+    assert "Hello 0!" in preview["text"]
 
 
 def test_preview_marks_exactly_the_answer_tokens(ws):

@@ -193,11 +193,12 @@ def _agrees_with_jinja(tokenizer, shape: _Shape, messages, offsets, contents, ro
 # --- what the preview shows ------------------------------------------------------------------------
 
 
-def answer_spans(tokenizer, chat: list[dict], text: str) -> list[tuple[int, int]]:
-    """Character spans of `text` that training learns: every assistant turn, up to the next turn's start."""
+def answer_spans(tokenizer, chat: list[dict], text: str, every_turn: bool = False) -> list[tuple[int, int]]:
+    """Character spans of `text` that training learns: the final answer with the template's end of turn (as
+    studio.training turns a chat into prompt/completion); with `every_turn`, every assistant turn."""
     spans, cursor = [], 0
     for i, message in enumerate(chat):
-        if message["role"] != "assistant":
+        if message["role"] != "assistant" or (not every_turn and i != len(chat) - 1):
             continue
         before = render(tokenizer, chat[:i], add_generation_prompt=True)
         upto = render(tokenizer, chat[: i + 1])
