@@ -152,6 +152,7 @@ def prepare(
     warnings = {k: [("data", i) for i in v] for k, v in main.warnings.items()}
     rejected = [("data", i, r) for i, r in main.rejected]
     counted = [main.counted_tokens]
+    truncated = [("data", i) for i in main.truncated]
     if val_table is None:
         is_val = split_rows(main.question_keys, val_fraction=val_fraction, val_size=val_size, seed=seed)
         train_pos, val_pos = np.flatnonzero(~is_val), np.flatnonzero(is_val)
@@ -177,6 +178,7 @@ def prepare(
             warnings.setdefault(key, []).extend(("validation", i) for i in items)
         rejected += [("validation", i, r) for i, r in val.rejected]
         counted.append(val.counted_tokens)
+        truncated += [("validation", i) for i in val.truncated]
         leaks = leaked(main.question_keys, val.question_keys)
         for pos in leaks:
             rejected.append(("validation", int(val.kept.index[pos]), "the same question is in the training data"))
@@ -196,9 +198,8 @@ def prepare(
         return [int(tables[src].rows[i]) for src, i in items]
 
     checks = [check_entry(k, "rejected", numbers(v), table.row_label) for k, v in reasons.items() if v]
-    if main.truncated:
-        checks.append(check_entry("too long", "truncated", numbers([("data", i) for i in main.truncated]),
-                                  table.row_label))
+    if truncated:
+        checks.append(check_entry("too long", "truncated", numbers(truncated), table.row_label))
     if val_table is None and len(leaks):
         checks.append(check_entry("leaked into validation", "warning", [], table.row_label, total=len(leaks)))
     checks += [check_entry(k, "warning", numbers(v), table.row_label) for k, v in warnings.items() if v]
@@ -212,7 +213,7 @@ def prepare(
         "length_policy": length_policy, "seed": seed,
         "rows_in": len(table.frame) + (len(val_table.frame) if val_table is not None else 0),
         "rows_train": len(train), "rows_val": len(val_messages), "rows_rejected": len(rejected),
-        "rows_truncated": len(main.truncated),
+        "rows_truncated": len(truncated),
         "tokens": token_stats(kept_tokens), "tokens_train": int(train_tokens.sum()),
         "answer_tokens": token_stats(answer_tokens),
         "histogram": histogram(all_counted, max_length),
