@@ -118,11 +118,8 @@ def prepare(
     (with its report and rejected rows) but `save` refuses it."""
     import pyarrow as pa
 
-    from studio.data.checks import check_conversations, leaked, split_rows
+    from studio.data.checks import check_conversations
     from studio.data.render import preview_tokens
-    from studio.data.report import check_entry, histogram, token_stats
-    from studio.data.templates import TEMPLATE_CHOICES, apply_template, default_template
-    from studio.models import load_tokenizer
 
     mapping = check_mapping(table, mapping)
     if length_policy not in ("drop", "truncate"):
@@ -132,6 +129,66 @@ def prepare(
                            "Use e.g. 0.1 for one row in ten.")
     if val_size is not None and val_size < 0:
         raise InvalidInput(f"The validation size {val_size} is negative.", "Use a number of rows, e.g. 20.")
+    tokenizer, template, max_length = _tokenizer(ws, base_model, template, max_length)
+
+    def check(source: SourceTable, source_mapping: dict[str, str]):
+        return check_conversations(
+            tokenizer, build_conversations(source, source_mapping, system_prompt), max_length=max_length,
+            length_policy=length_policy, row_numbers=source.rows, row_label=source.row_label,
+        )
+
+    outcome = _Outcome({"data": table, "validation": val_table})
+    main = outcome.add("data", check(table, mapping))
+    release_memory()
+    if val_table is None:
+        split = _seeded_split(main, val_fraction=val_fraction, val_size=val_size, seed=seed)
+    else:
+        try:
+            val_mapping = check_mapping(val_table, mapping)
+        except InvalidInput as exc:
+            raise InvalidInput(f"Validation file: {exc.message}", exc.fix) from exc
+        split = _uploaded_split(main, outcome.add("validation", check(val_table, val_mapping)), outcome,
+                                val_table.name)
+    release_memory()
+    report = {
+        "source": table.describe(), "validation_source": split.source,
+        "validation_file": val_table.describe() if val_table is not None else None,
+        "mapping": mapping, "system_prompt": (system_prompt or "").strip(),
+        "base_model": base_model, "template": template, "max_length": max_length,
+        "length_policy": length_policy, "seed": seed,
+        "rows_in": len(table.frame) + (len(val_table.frame) if val_table is not None else 0),
+        "rows_train": len(split.train), "rows_val": len(split.val), "rows_rejected": len(outcome.rejected),
+        "model_context": _model_context(base_model, tokenizer),
+        **outcome.report(split, max_length, table.row_label),
+    }
+    previews = [
+        {"row": int(table.rows[split.train_index[i]]), "row_label": table.row_label,
+         **preview_tokens(tokenizer, split.train[i].as_py())}
+        for i in range(min(preview_rows, len(split.train)))
+    ]
+    template_text = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else json.dumps(
+        tokenizer.chat_template)
+    settings = {"base_model": base_model, "template": template,
+                "template_sha256": hashlib.sha256(template_text.encode()).hexdigest(),
+                "max_length": max_length, "length_policy": length_policy}
+    fields = {
+        "source_name": table.name, "source_format": table.format, "base_model": base_model, "template": template,
+        "mapping": mapping, "system_prompt": (system_prompt or "").strip(), "max_length": max_length,
+        "rows_rejected": len(outcome.rejected), "report": report,
+    }
+    return Prepared(
+        name=(name or Path(table.name).stem).strip() or "dataset",
+        train=split.train, val=split.val if len(split.val) else pa.array([], split.train.type),
+        report=report, rejected=_rejected_frame(outcome.rejected, outcome.tables), previews=previews,
+        content_hash=_content_hash(settings, split.train, split.val), fields=fields, template_text=template_text,
+    )
+
+
+def _tokenizer(ws: Workspace, base_model: str, template: str | None, max_length: int | None):
+    """The base model's tokenizer with the chosen chat template set, the template's name, the max length."""
+    from studio.data.templates import TEMPLATE_CHOICES, apply_template, default_template
+    from studio.models import load_tokenizer
+
     tokenizer = load_tokenizer(ws, base_model)
     template = (template or "").strip() or default_template(tokenizer)
     if template not in TEMPLATE_CHOICES:
@@ -142,108 +199,96 @@ def prepare(
     if max_length < 16:
         raise InvalidInput(f"A max length of {max_length} tokens leaves no room for a conversation.",
                            "Use at least 16 tokens; 512 to 2048 is usual.")
+    return tokenizer, template, max_length
 
-    main = check_conversations(
-        tokenizer, build_conversations(table, mapping, system_prompt), max_length=max_length,
-        length_policy=length_policy, row_numbers=table.rows, row_label=table.row_label,
-    )
-    release_memory()
-    reasons = {k: [("data", i) for i in v] for k, v in main.reasons.items()}
-    warnings = {k: [("data", i) for i in v] for k, v in main.warnings.items()}
-    rejected = [("data", i, r) for i, r in main.rejected]
-    counted = [main.counted_tokens]
-    truncated = [("data", i) for i in main.truncated]
-    if val_table is None:
-        is_val = split_rows(main.question_keys, val_fraction=val_fraction, val_size=val_size, seed=seed)
-        train_pos, val_pos = np.flatnonzero(~is_val), np.flatnonzero(is_val)
-        (train, train_index), (val_messages, _) = main.kept.take_messages(train_pos), main.kept.take_messages(val_pos)
-        train_tokens, val_tokens = main.tokens[train_pos], main.tokens[val_pos]
-        answer_tokens = main.answer_tokens
-        keys = main.question_keys
-        leaks = leaked(keys.take(pa.array(train_pos)), keys.take(pa.array(val_pos)))
-        share = f"{val_size} rows" if val_size is not None else f"{val_fraction:g} of the rows"
-        val_source = f"seeded split (seed {seed}, {share})"
-    else:
-        try:
-            val_mapping = check_mapping(val_table, mapping)
-        except InvalidInput as exc:
-            raise InvalidInput(f"Validation file: {exc.message}", exc.fix) from exc
-        val = check_conversations(
-            tokenizer, build_conversations(val_table, val_mapping, system_prompt), max_length=max_length,
-            length_policy=length_policy, row_numbers=val_table.rows, row_label=val_table.row_label,
-        )
-        for key, items in val.reasons.items():
-            reasons.setdefault(key, []).extend(("validation", i) for i in items)
-        for key, items in val.warnings.items():
-            warnings.setdefault(key, []).extend(("validation", i) for i in items)
-        rejected += [("validation", i, r) for i, r in val.rejected]
-        counted.append(val.counted_tokens)
-        truncated += [("validation", i) for i in val.truncated]
-        leaks = leaked(main.question_keys, val.question_keys)
-        for pos in leaks:
-            rejected.append(("validation", int(val.kept.index[pos]), "the same question is in the training data"))
-        reasons["leaked into validation"] = [("validation", int(val.kept.index[p])) for p in leaks]
-        keep_val = np.setdiff1d(np.arange(len(val.kept)), leaks)
-        (train, train_index), (val_messages, _) = main.kept.take_messages(np.arange(len(main.kept))), \
-            val.kept.take_messages(keep_val)
-        train_tokens, val_tokens = main.tokens, val.tokens[keep_val]
-        answer_tokens = np.concatenate([main.answer_tokens, val.answer_tokens[keep_val]])
-        leaks = np.array([], dtype=np.int64)  # the leaked rows were rejected above
-        val_source = f"uploaded file {val_table.name}"
 
-    tables = {"data": table, "validation": val_table}
-    release_memory()
+@dataclass
+class _Split:
+    train: pa.ListArray
+    train_index: np.ndarray  # source rows of the training chats
+    val: pa.ListArray
+    train_tokens: np.ndarray
+    val_tokens: np.ndarray
+    answer_tokens: np.ndarray
+    leaks: int  # validation rows whose question is also a training question (0 after an uploaded file's check)
+    source: str  # how the validation rows were chosen
 
-    def numbers(items: list[tuple[str, int]]) -> list[int]:
-        return [int(tables[src].rows[i]) for src, i in items]
 
-    checks = [check_entry(k, "rejected", numbers(v), table.row_label) for k, v in reasons.items() if v]
-    if truncated:
-        checks.append(check_entry("too long", "truncated", numbers(truncated), table.row_label))
-    if val_table is None and len(leaks):
-        checks.append(check_entry("leaked into validation", "warning", [], table.row_label, total=len(leaks)))
-    checks += [check_entry(k, "warning", numbers(v), table.row_label) for k, v in warnings.items() if v]
-    all_counted = np.concatenate(counted)
-    kept_tokens = np.concatenate([train_tokens, val_tokens])
-    report = {
-        "source": table.describe(), "validation_source": val_source,
-        "validation_file": val_table.describe() if val_table is not None else None,
-        "mapping": mapping, "system_prompt": (system_prompt or "").strip(),
-        "base_model": base_model, "template": template, "max_length": max_length,
-        "length_policy": length_policy, "seed": seed,
-        "rows_in": len(table.frame) + (len(val_table.frame) if val_table is not None else 0),
-        "rows_train": len(train), "rows_val": len(val_messages), "rows_rejected": len(rejected),
-        "rows_truncated": len(truncated),
-        "tokens": token_stats(kept_tokens), "tokens_train": int(train_tokens.sum()),
-        "answer_tokens": token_stats(answer_tokens),
-        "histogram": histogram(all_counted, max_length),
-        "rows_over_max_length": int((all_counted > max_length).sum()),
-        "checks": checks,
-        "model_context": _model_context(base_model, tokenizer),
-    }
-    rejected_frame = _rejected_frame(rejected, tables)
-    previews = []
-    for position in range(min(preview_rows, len(train))):
-        chat = train[position].as_py()
-        previews.append({"row": int(table.rows[train_index[position]]), "row_label": table.row_label,
-                         **preview_tokens(tokenizer, chat)})
-    template_text = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else json.dumps(
-        tokenizer.chat_template)
-    settings = {"base_model": base_model, "template": template,
-                "template_sha256": hashlib.sha256(template_text.encode()).hexdigest(),
-                "max_length": max_length, "length_policy": length_policy}
-    content_hash = _content_hash(settings, train, val_messages)
-    fields = {
-        "source_name": table.name, "source_format": table.format, "base_model": base_model, "template": template,
-        "mapping": mapping, "system_prompt": (system_prompt or "").strip(), "max_length": max_length,
-        "rows_rejected": len(rejected), "report": report,
-    }
-    return Prepared(
-        name=(name or Path(table.name).stem).strip() or "dataset",
-        train=train, val=val_messages if len(val_messages) else pa.array([], train.type),
-        report=report, rejected=rejected_frame, previews=previews, content_hash=content_hash, fields=fields,
-        template_text=template_text,
-    )
+def _seeded_split(main, *, val_fraction: float, val_size: int | None, seed: int) -> _Split:
+    import pyarrow as pa
+
+    from studio.data.checks import leaked, split_rows
+
+    is_val = split_rows(main.question_keys, val_fraction=val_fraction, val_size=val_size, seed=seed)
+    train_pos, val_pos = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    (train, train_index), (val, _) = main.kept.take_messages(train_pos), main.kept.take_messages(val_pos)
+    keys = main.question_keys
+    leaks = leaked(keys.take(pa.array(train_pos)), keys.take(pa.array(val_pos)))
+    share = f"{val_size} rows" if val_size is not None else f"{val_fraction:g} of the rows"
+    return _Split(train, train_index, val, main.tokens[train_pos], main.tokens[val_pos], main.answer_tokens,
+                  len(leaks), f"seeded split (seed {seed}, {share})")
+
+
+def _uploaded_split(main, val, outcome: _Outcome, val_name: str) -> _Split:
+    """The uploaded validation file's rows, less those whose question is also in the training rows."""
+    from studio.data.checks import leaked
+
+    leaks = leaked(main.question_keys, val.question_keys)
+    for pos in leaks:
+        outcome.reject("leaked into validation", "validation", int(val.kept.index[pos]),
+                       "the same question is in the training data")
+    keep = np.setdiff1d(np.arange(len(val.kept)), leaks)
+    (train, train_index), (val_messages, _) = main.kept.take_messages(np.arange(len(main.kept))), \
+        val.kept.take_messages(keep)
+    return _Split(train, train_index, val_messages, main.tokens, val.tokens[keep],
+                  np.concatenate([main.answer_tokens, val.answer_tokens[keep]]), 0, f"uploaded file {val_name}")
+
+
+class _Outcome:
+    """What the checks of both files found, each row tagged with its file ("data" or "validation")."""
+
+    def __init__(self, tables: dict[str, SourceTable | None]):
+        self.tables = tables
+        self.reasons: dict[str, list[tuple[str, int]]] = {}
+        self.warnings: dict[str, list[tuple[str, int]]] = {}
+        self.rejected: list[tuple[str, int, str]] = []
+        self.truncated: list[tuple[str, int]] = []
+        self.counted: list[np.ndarray] = []
+
+    def add(self, source: str, checked):
+        for key, items in checked.reasons.items():
+            self.reasons.setdefault(key, []).extend((source, i) for i in items)
+        for key, items in checked.warnings.items():
+            self.warnings.setdefault(key, []).extend((source, i) for i in items)
+        self.rejected += [(source, i, r) for i, r in checked.rejected]
+        self.truncated += [(source, i) for i in checked.truncated]
+        self.counted.append(checked.counted_tokens)
+        return checked
+
+    def reject(self, check: str, source: str, index: int, reason: str) -> None:
+        self.rejected.append((source, index, reason))
+        self.reasons.setdefault(check, []).append((source, index))
+
+    def numbers(self, items: list[tuple[str, int]]) -> list[int]:
+        return [int(self.tables[src].rows[i]) for src, i in items]
+
+    def report(self, split: _Split, max_length: int, label: str) -> dict[str, Any]:
+        from studio.data.report import check_entry, histogram, token_stats
+
+        checks = [check_entry(k, "rejected", self.numbers(v), label) for k, v in self.reasons.items() if v]
+        if self.truncated:
+            checks.append(check_entry("too long", "truncated", self.numbers(self.truncated), label))
+        if split.leaks:
+            checks.append(check_entry("leaked into validation", "warning", [], label, total=split.leaks))
+        checks += [check_entry(k, "warning", self.numbers(v), label) for k, v in self.warnings.items() if v]
+        counted = np.concatenate(self.counted)
+        return {
+            "rows_truncated": len(self.truncated),
+            "tokens": token_stats(np.concatenate([split.train_tokens, split.val_tokens])),
+            "tokens_train": int(split.train_tokens.sum()), "answer_tokens": token_stats(split.answer_tokens),
+            "histogram": histogram(counted, max_length), "rows_over_max_length": int((counted > max_length).sum()),
+            "checks": checks,
+        }
 
 
 def _model_context(base_model: str, tokenizer) -> int | None:
