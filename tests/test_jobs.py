@@ -40,7 +40,7 @@ def test_submit_freezes_the_config_and_queues(ws, dataset):
     manifest = folder.read_manifest()
     assert manifest["dataset"]["content_hash"] == dataset.content_hash and manifest["overrides"] == {"lora_r": 4}
     assert manifest["base_model"]["local"] is True and manifest["fit_check"]["fits"] is True
-    assert run.max_steps == 60 and run.notice is None  # the training process says why it runs in 32-bit
+    assert run.max_steps == 100 and run.notice is None  # the training process says why it runs in 32-bit
 
 
 def test_queue_is_fifo_with_one_job_per_device(ws, dataset):
