@@ -45,7 +45,7 @@ def studio_process(home: Path, port: int, extra_env: dict | None = None):
                 break
             except OSError:
                 if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("the studio did not start:\n" + Path(log.name).read_text()[-3000:])
+                    raise RuntimeError("the studio did not start:\n" + Path(log.name).read_text()[-3000:]) from None
                 time.sleep(0.5)
         yield url
     finally:
@@ -55,3 +55,54 @@ def studio_process(home: Path, port: int, extra_env: dict | None = None):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@contextmanager
+def chromium():
+    """Debian's Chromium under Playwright, headless and off the network."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_tab(page, name: str):
+    """Click a top-level tab; return its panel (only the shown panel, as tabs keep their DOM once opened)."""
+    page.get_by_role("tab", name=name, exact=True).click()
+    panel = page.get_by_role("tabpanel").filter(visible=True)
+    panel.wait_for()
+    return panel
+
+
+def pick(scope, label: str, option: str) -> None:
+    """Choose an option of a Gradio dropdown by its label and (part of) the option's text."""
+    scope.get_by_label(label, exact=True).click()
+    page = scope if hasattr(scope, "goto") else scope.page
+    page.get_by_role("option", name=option).first.click()
+
+
+def screenshot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+
+
+@contextmanager
+def studio_with_demo(home: Path, demo_model_source: Path, port: int):
+    """A studio process on a fresh workspace whose demo-tiny is the session's build; yields (url, workspace).
+    The endpoints that chat, evaluation and publishing start outlive the studio by design: stopped here."""
+    from studio import endpoints
+    from studio.workspace import Workspace
+
+    ws = Workspace.open(home)
+    (ws.models_dir / "demo-tiny").symlink_to(demo_model_source, target_is_directory=True)
+    try:
+        with studio_process(ws.home, port) as url:
+            yield url, ws
+    finally:
+        for ep in endpoints.list_endpoints(ws, include_stopped=False):
+            if ep.kind == "local":  # remote ones were only registered, not started
+                endpoints.stop_endpoint(ws, ep.id, reason="test over")

@@ -280,4 +280,6 @@ def build(ws: Workspace) -> None:
         return gr.Dropdown(choices=sources(ws))
 
     source.attach_load_event(_refresh_choices, None)
+    # runs that finished (and endpoints published) since the page loaded appear as soon as the list is opened
+    source.focus(_refresh_choices, None, source, show_progress="hidden", api_visibility="private")
 

@@ -201,3 +201,9 @@ def build(ws: Workspace) -> None:
     vote_a.click(ab_cast("a"), [ab_state], ab_outputs, api_name="eval_ab_vote_a")
     vote_b.click(ab_cast("b"), [ab_state], ab_outputs, api_name="eval_ab_vote_b")
     vote_tie.click(ab_cast("tie"), [ab_state], ab_outputs, api_name="eval_ab_vote_tie")
+    # runs that finished since the studio started: listed on a fresh page and whenever the list is opened
+    run.attach_load_event(lambda: gr.Dropdown(choices=finished_runs(ws)), None)
+    run.focus(lambda: gr.Dropdown(choices=finished_runs(ws)), None, run, show_progress="hidden",
+              api_visibility="private")
+    for listing in (past, ab_eval):
+        listing.attach_load_event(lambda: gr.Dropdown(choices=evaluations(ws)), None)

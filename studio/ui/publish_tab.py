@@ -103,7 +103,8 @@ def plan_markdown(plan: dict) -> str:
 def verification_markdown(dep: deployments.Deployment) -> str:
     v = dep.verification or {}
     head = {"passed": "✅", "passed_with_differences": "⚠️", "failed": "❌"}.get(v.get("verdict"), "⏳")
-    lines = [f"{head} **{dep.status}** — {v.get('summary', 'not verified yet')}", ""]
+    verdict = (v.get("verdict") or "not run yet").replace("_", " ")
+    lines = [f"{head} **{dep.status}** · verification **{verdict}** — {v.get('summary', 'not verified yet')}", ""]
     items = v.get("items") or []
     if items:
         lines += ["| | Question | Studio model | Published model | Why |", "|---|---|---|---|---|"]
@@ -188,6 +189,10 @@ def build(ws: Workspace) -> None:
 
     target.change(on_target, target, [*groups.values(), target_help], api_visibility="private")
     refresh_runs.click(lambda: gr.update(choices=publishable_runs(ws)), None, run, api_visibility="private")
+    # runs that finished since the studio started: listed on a fresh page and whenever the list is opened
+    run.attach_load_event(lambda: gr.update(choices=publishable_runs(ws)), None)
+    run.focus(lambda: gr.update(choices=publishable_runs(ws)), None, run, show_progress="hidden",
+              api_visibility="private")
 
     def on_preview(run_id, kind, *values):
         if not run_id:

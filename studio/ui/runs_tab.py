@@ -70,13 +70,13 @@ def loss_frame(summary: dict) -> pd.DataFrame:
     rows = [{"step": e["step"], "loss": e["loss"], "curve": "training loss"}
             for e in summary["steps"] if e.get("loss") is not None]
     rows += [{"step": e["step"], "loss": e["eval_loss"], "curve": "held-out loss"} for e in summary["evals"]]
-    return pd.DataFrame(rows, columns=["step", "loss", "curve"])
+    return pd.DataFrame(rows, columns=["step", "loss", "curve"]).astype({"step": "int64", "loss": "float64"})
 
 
 def lr_frame(summary: dict) -> pd.DataFrame:
     rows = [{"step": e["step"], "learning rate": e["learning_rate"]}
             for e in summary["steps"] if e.get("learning_rate") is not None]
-    return pd.DataFrame(rows, columns=["step", "learning rate"])
+    return pd.DataFrame(rows, columns=["step", "learning rate"]).astype({"step": "int64", "learning rate": "float64"})
 
 
 def status_markdown(ws: Workspace, run: jobs.Run, summary: dict) -> str:
@@ -114,6 +114,23 @@ def run_view(ws: Workspace, run_id: str | None):
     log = "\n".join(ln for ln in run.folder.tail_log(40) if "it/s]" not in ln and "examples/s]" not in ln)
     return (status_markdown(ws, run, summary), progress_html(run, summary["last"]), loss_frame(summary),
             lr_frame(summary), log, run.config, run.folder.read_manifest())
+
+
+def live_view(ws: Workspace, run_id: str | None):
+    """run_view for the page. Gradio's line plot fixes its axes and colours when it is drawn and only swaps
+    the points afterwards, so a chart first drawn empty would stay wrong; a title that names the latest point
+    makes it redraw as points arrive (and says the newest value)."""
+    status, progress, loss, lr, *rest = run_view(ws, run_id)
+    return (status, progress, _titled(loss, "loss", "Loss (lower is better)"),
+            _titled(lr, "learning rate", "Learning rate"), *rest)
+
+
+def _titled(frame: pd.DataFrame, column: str, title: str):
+    points = frame[frame["curve"] == "training loss"] if "curve" in frame else frame
+    if len(points):
+        last = points.loc[points["step"].idxmax()]
+        title += f" · step {int(last['step'])}: {last[column]:.3g}"
+    return gr.LinePlot(value=frame, title=title)
 
 
 # --- actions ---------------------------------------------------------------------------------------
@@ -168,13 +185,18 @@ def run_command(ws: Workspace, run_id: str) -> str:
 # --- layout ----------------------------------------------------------------------------------------
 
 
-def run_page():
-    """The run page's components (also embedded by the Train tab); returns them in run_view's order."""
-    status = gr.Markdown(elem_id="run-status")
-    progress = gr.HTML(elem_id="run-progress")
+def run_page(prefix: str = "run"):
+    """The run page's components (also embedded by the Train tab, with its own prefix for the element ids);
+    returns them in run_view's order."""
+    status = gr.Markdown(elem_id=f"{prefix}-status")
+    progress = gr.HTML(elem_id=f"{prefix}-progress")
     with gr.Row():
+        # Gradio 6 clips this chart's legend: the caption names the colours instead
         loss = gr.LinePlot(x="step", y="loss", color="curve", title="Loss (lower is better)", height=260,
-                           label="loss curves")
+                           label="loss curves", elem_id=f"{prefix}-loss",
+                           color_map={"training loss": "#2563eb", "held-out loss": "#f97316"},
+                           caption="Blue: loss on the rows it trains on. Orange: loss on held-out rows it never "
+                                   "trains on; if orange rises while blue falls, it memorises instead of learning.")
         lr = gr.LinePlot(x="step", y="learning rate", title="Learning rate", height=260, label="learning rate")
     with gr.Accordion("Log (last lines of train.log)", open=False):
         log = gr.Code(language=None, label="train.log", lines=12)
@@ -219,11 +241,11 @@ def build(ws: Workspace) -> None:
         return frame.iloc[row]["run"]
 
     outputs = list(page)
-    timer.tick(lambda run_id: (runs_table(ws), *run_view(ws, run_id)), [chosen], [table, *outputs],
+    timer.tick(lambda run_id: (runs_table(ws), *live_view(ws, run_id)), [chosen], [table, *outputs],
                api_name="runs_poll", show_progress="hidden")
     refresh.click(refresh_all, [chosen], [table, chosen], api_name="runs_list")
     table.select(pick_row, [table], chosen)
-    chosen.change(lambda run_id: run_view(ws, run_id), [chosen], outputs, api_name="runs_show")
+    chosen.change(lambda run_id: live_view(ws, run_id), [chosen], outputs, api_name="runs_show")
     cancel.click(lambda run_id: cancel_run(ws, run_id), [chosen], said, api_name="runs_cancel")
     resume.click(lambda run_id: resume_run(ws, run_id), [chosen], said, api_name="runs_resume")
     rerun.click(lambda run_id: rerun_run(ws, run_id), [chosen], [said, chosen], api_name="runs_rerun")
@@ -231,3 +253,7 @@ def build(ws: Workspace) -> None:
     delete.click(lambda run_id, ok: delete_run(ws, run_id, ok), [chosen, confirm], said,
                  api_name="runs_delete").then(refresh_all, [gr.State(None)], [table, chosen])
     table.attach_load_event(lambda: runs_table(ws), None)
+    # a fresh page (or a reload) shows the run training now; the list is current whenever it is opened
+    chosen.attach_load_event(lambda: gr.Dropdown(choices=run_choices(ws), value=default_run(ws)), None)
+    chosen.focus(lambda: gr.Dropdown(choices=run_choices(ws)), None, chosen, show_progress="hidden",
+                 api_visibility="private")

@@ -17,7 +17,7 @@ from studio.errors import InvalidInput, StudioError
 from studio.fitcheck import FitEstimate, duration
 from studio.models import DEMO_MODEL, catalog, catalog_entry
 from studio.presets import DEFAULT_PRESET, build_config, load_preset, preset_names
-from studio.ui.runs_tab import POLL_S, default_run, run_page, run_view
+from studio.ui.runs_tab import POLL_S, default_run, live_view, run_page
 from studio.workspace import Workspace
 
 GUIDE = """### Fine-tune a model on your data
@@ -227,7 +227,7 @@ def build(ws: Workspace) -> None:
     started = gr.Markdown(elem_id="train-started")
     current = gr.State(None)
     gr.Markdown("#### Progress of the run started here (or the one training now)")
-    page = run_page()
+    page = run_page("train-run")
     timer = gr.Timer(POLL_S)
 
     refresh.click(lambda: gr.Dropdown(choices=dataset_choices(ws)), None, dataset, api_name="train_datasets")
@@ -240,6 +240,9 @@ def build(ws: Workspace) -> None:
     command.click(show_command, [dataset, model, preset, name, *controls], cli, api_name="train_command")
     go.click(lambda d, m, p, n, f, *v: start(ws, d, m, p, n, f, *v), [dataset, model, preset, name, force, *controls],
              [started, current], api_name="train_start")
-    timer.tick(lambda run_id: run_view(ws, run_id or default_run(ws)), [current], list(page),
+    timer.tick(lambda run_id: live_view(ws, run_id or default_run(ws)), [current], list(page),
                show_progress="hidden")
     dataset.attach_load_event(lambda: gr.Dropdown(choices=dataset_choices(ws)), None)
+    # versions saved in the Data tab since the page loaded appear as soon as the list is opened
+    dataset.focus(lambda: gr.Dropdown(choices=dataset_choices(ws)), None, dataset, show_progress="hidden",
+                  api_visibility="private")

@@ -1,0 +1,151 @@
+"""The studio's main actions from a script, through `gradio_client` and the tabs' named endpoints, against a
+real `python app.py`: import a CSV, check and save it; start a run and follow it to the end; evaluate it on a
+golden set; publish it to the embedded endpoint, verified; chat with what was published. Errors come back as
+the same plain messages the page shows."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from browser import ROOT, studio_with_demo
+from conftest import free_port
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+SAMPLES = ROOT / "assets" / "samples"
+MAIN_ENDPOINTS = {"/data_inspect", "/data_use_sample", "/data_check", "/data_save", "/train_preset", "/train_fit_check",
+                  "/train_start", "/runs_poll", "/runs_show", "/runs_cancel", "/chat_sources", "/chat_pick",
+                  "/chat_send", "/eval_run", "/publish_preview", "/publish", "/deployments_list", "/deployment_verify",
+                  "/system_report"}
+
+
+def value(output):
+    """A component update arrives as a dict; its value is what a person sees."""
+    return output.get("value") if isinstance(output, dict) and "__type__" in output else output
+
+
+def choices(output) -> list:
+    """The option values of a dropdown's update."""
+    return [v for _, v in output["choices"]]
+
+
+class Studio:
+    """A script's view of the studio: call an endpoint with its inputs named by the labels the page shows
+    (the rest keep their defaults), get its outputs by label too ("#N" for the N-th, unlabelled one): their
+    values, and in `.updates` the component updates as they came."""
+
+    def __init__(self, client, ws):
+        self.client, self.ws = client, ws
+        self.api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+
+    def __call__(self, name: str, **inputs) -> dict:
+        spec = self.api[name]
+        args = [inputs.pop(p["label"]) if p["label"] in inputs else p["parameter_default"] for p in spec["parameters"]]
+        assert not inputs, f"{name} has no inputs labelled {list(inputs)}"
+        outputs = self.client.predict(*args, api_name=name)
+        outputs = outputs if len(spec["returns"]) > 1 else [outputs]
+        labels = [f"#{n}" if r["label"].startswith("value_") else r["label"] for n, r in enumerate(spec["returns"])]
+        self.updates = dict(zip(labels, outputs, strict=True))
+        return {label: value(out) for label, out in self.updates.items()}
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory, demo_model_source):
+    from gradio_client import Client
+
+    home = tmp_path_factory.mktemp("api") / "studio-home"
+    with studio_with_demo(home, demo_model_source, free_port()) as (url, ws):
+        # download_files=False: the run page's manifest (a JSON output) holds {"path": ...} entries, which
+        # gradio_client would otherwise take for files to download (and the studio rightly refuses to serve)
+        yield Studio(Client(url, verbose=False, download_files=False), ws)
+
+
+def test_the_main_actions_are_named_endpoints(studio):
+    assert MAIN_ENDPOINTS <= set(studio.api), MAIN_ENDPOINTS - set(studio.api)
+
+
+def test_a_bad_file_comes_back_as_its_message(studio, tmp_path):
+    from gradio_client import handle_file
+
+    bad = tmp_path / "notes.csv"
+    bad.write_text("")
+    with pytest.raises(Exception, match=r"'notes.csv' is empty \(0 bytes\)\. Export the spreadsheet again"):
+        studio("/data_inspect", **{"1. Your spreadsheet (CSV, TSV, XLSX, JSONL, JSON or Parquet)":
+                                   handle_file(str(bad))})
+
+
+def test_from_a_csv_to_a_published_model_by_api(studio):
+    from gradio_client import handle_file
+
+    from studio.ui.evaluate_tab import GOLDEN
+
+    # data: the file, the guessed columns, the check, the save (one session: the client keeps the tab's state)
+    found = studio("/data_inspect", **{"1. Your spreadsheet (CSV, TSV, XLSX, JSONL, JSON or Parquet)":
+                                       handle_file(str(SAMPLES / "support_faq.csv"))})
+    assert "50 rows" in found["#0"]
+    columns = {role: found[role] for role in ("Question / instruction", "Answer")}
+    assert columns == {"Question / instruction": "question", "Answer": "answer"}
+    checked = studio("/data_check", **columns, **{"Version name": "faq by api"})
+    assert "45 training and 5 validation rows" in checked["#0"]
+    saved = studio("/data_save", **columns, **{"Version name": "faq by api"})
+    dataset_id = saved["Version"]
+    assert "Saved" in saved["#0"] and dataset_id in saved["#0"]
+
+    # train: the list of versions (as the page refreshes it), the preset's values with the run name changed;
+    # the fit check; start; follow the run to its end (quick-test, so that the model learns to stop its answers:
+    # publishing checks that it does)
+    studio("/train_datasets")
+    assert dataset_id in choices(studio.updates["Dataset version"])
+    preset = studio("/train_preset", Preset="quick-test")
+    settings = {k: v for k, v in preset.items() if not k.startswith("#")}
+    steps = settings["max steps"]
+    chosen = {"Dataset version": dataset_id, "Base model": "demo-tiny", "Preset": "quick-test"}
+    fit = studio("/train_fit_check", **chosen, **settings)["#0"]
+    assert "Fits" in fit and f"for {steps} steps" in fit
+    started = studio("/train_start", **chosen, **settings, **{"Run name (optional)": "api run"})["#0"]
+    run_id = re.search(r"run-[0-9]+-[0-9]+-[0-9a-f]+", started).group(0)
+    studio("/runs_list")
+    assert run_id in choices(studio.updates["Run"])
+    deadline = time.monotonic() + 300
+    while True:
+        page = studio("/runs_poll", Run=run_id)
+        if re.search(r"\*\*(succeeded|failed|cancelled)\*\*", page["#1"]) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert "**succeeded**" in page["#1"] and "100%" in page["#2"], page["#1"]
+    assert [row[2] for row in page["Runs (newest first)"]["data"] if row[0] == run_id] == ["succeeded"]
+    assert len([row for row in page["loss curves"]["data"] if row[2] == "training loss"]) == steps
+
+    # evaluate: two golden questions, base and tuned
+    studio("/eval_refresh")
+    assert run_id in choices(studio.updates["Run"])
+    golden = {"headers": ["question", "reference answer"],
+              "data": [["How do I reset my password?", "Open the sign-in page, choose Forgot password."],
+                       ["Where is my order?", "Open Orders in your account to see the tracking link."]]}
+    evaluation = studio("/eval_run", Run=run_id, Questions=GOLDEN, **{
+        "Golden set — type or paste your questions and answers": golden, "Max new tokens": 24,
+        "Held-out rows for the loss": 2})
+    assert "2 questions" in evaluation["#0"] and "Tuned model" in evaluation["#0"]
+    results = evaluation["Every question: both answers and their scores"]["data"]
+    assert [row[0] for row in results] == ["How do I reset my password?", "Where is my order?"]
+
+    # publish: the adapter on the base model, on this machine, verified (plain Python functions: positional)
+    options = {"name": "api", "merged": False}
+    plan = studio.client.predict(run_id, "local", options, api_name="/publish_preview")
+    assert plan["slot"] == "local:api" and plan["steps"]
+    deployment = studio.client.predict(run_id, "local", options, api_name="/publish")
+    assert deployment["status"] == "healthy" and deployment["verification"]["verdict"] == "passed", \
+        deployment["verification"]
+    assert deployment["id"] in [d["id"] for d in studio.client.predict(api_name="/deployments_list")]
+
+    # chat with what was published: added by its URL, as any TGI server would be
+    endpoint = studio("/chat_add_server", **{"Server URL": deployment["url"]})["Chat with"]
+    assert endpoint in choices(studio.updates["Chat with"])
+    picked = studio("/chat_pick", **{"Chat with": endpoint})
+    answered = studio("/chat_send", **{"Chat with": endpoint, "Your question": "Where is my order?",
+                                       "Left pane": picked["Left pane"], "Right pane": picked["Right pane"],
+                                       "Max new tokens": 24})
+    replies = [m for m in answered["Base model"] + answered["Tuned model"] if m["role"] == "assistant"]
+    assert replies and all(m["content"] for m in replies)
