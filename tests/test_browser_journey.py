@@ -146,18 +146,19 @@ def test_the_journey_from_csv_to_a_published_model(studio, page, capsys):
     # the progress bar and the loss curve move
     progress, curve = train.locator("#train-run-progress"), train.locator("#train-run-loss")
     expect(progress).to_contain_text("running", timeout=120_000)
-    first = wait_for_step(progress, 1)
+    first = wait_for_step(progress, 0)
     curve.scroll_into_view_if_needed()
     before = curve.screenshot()
     bar_before = progress.locator("div[style*='width:']").last.get_attribute("style")
-    second = wait_for_step(progress, first + 2)
-    page.wait_for_timeout(2500)  # one more refresh of the curve (the timer ticks every 2 s)
+    second = wait_for_step(progress, first)  # the next refresh (every 2 s) with more steps
     assert curve.screenshot() != before, "the loss curve did not change while the run went on"
     assert progress.locator("div[style*='width:']").last.get_attribute("style") != bar_before
+    if second <= steps // 4:  # a curve worth a picture
+        second = wait_for_step(progress, steps // 4)
     screenshot(page, "train.png")
     marks["training started"] = time.monotonic() - started
 
-    # reload mid-run: the run is still there, still running, further on
+    # reload mid-run (at once: quick-test is quick): the run is still there, still running, further on
     page.reload()
     runs = open_tab(page, "Runs")
     expect(runs.locator("#runs-table")).to_contain_text(run_id)
@@ -235,6 +236,8 @@ def test_cancel_from_the_page_while_a_second_browser_watches(browser, studio, pa
     pick(train, "Dataset version", version.id)  # saved outside this page: the list refreshes when opened
     pick(train, "Preset", "quick-test")
     expect(train.get_by_text("A short run to see the whole loop work")).to_be_visible()
+    train.get_by_role("button", name="Settings (the preset's values; change any of them)").click()
+    train.get_by_label("max steps", exact=True).fill("5000")  # so that it cannot finish before the cancel
     train.get_by_role("button", name="Start training").click()
     expect(train.locator("#train-started")).to_contain_text("is queued")
     run_id = re.search(r"run-[0-9]+-[0-9]+-[0-9a-f]+", train.locator("#train-started").inner_text()).group(0)
@@ -251,5 +254,7 @@ def test_cancel_from_the_page_while_a_second_browser_watches(browser, studio, pa
         expect(runs.locator("#run-progress")).to_contain_text("cancelled", timeout=120_000)
         expect(train.locator("#train-run-progress")).to_contain_text("cancelled", timeout=30_000)
         expect(runs.locator("#runs-table")).to_contain_text("cancelled")
+        assert load_preset("quick-test").values()["max_steps"] < 5000 and "/5000" in runs.locator(
+            "#runs-table").inner_text()  # the changed setting was the one the run used
     finally:
         other.context.close()

@@ -1,7 +1,7 @@
 """The studio's main actions from a script, through `gradio_client` and the tabs' named endpoints, against a
-real `python app.py`: import a CSV, check and save it; start a run and follow it to the end; evaluate it on a
-golden set; publish it to the embedded endpoint, verified; chat with what was published. Errors come back as
-the same plain messages the page shows."""
+real `python app.py`: import a CSV, check and save it; start a run, follow it, cancel it; evaluate a trained
+run on a golden set; publish it to the embedded endpoint, verified; chat with what was published. Errors come
+back as the same plain messages the page shows. The trained run is the test session's (no second training)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 import time
 
 import pytest
-from browser import ROOT, studio_with_demo
+from browser import ROOT, studio_process
 from conftest import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -52,14 +52,23 @@ class Studio:
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory, demo_model_source):
+def studio(trained_run):
+    """The studio on the session's trained workspace; the endpoints started here are stopped at the end."""
     from gradio_client import Client
 
-    home = tmp_path_factory.mktemp("api") / "studio-home"
-    with studio_with_demo(home, demo_model_source, free_port()) as (url, ws):
-        # download_files=False: the run page's manifest (a JSON output) holds {"path": ...} entries, which
-        # gradio_client would otherwise take for files to download (and the studio rightly refuses to serve)
-        yield Studio(Client(url, verbose=False, download_files=False), ws)
+    from studio import endpoints
+
+    ws = trained_run.ws
+    before = {ep.id for ep in endpoints.list_endpoints(ws)}
+    try:
+        with studio_process(ws.home, free_port()) as url:
+            # download_files=False: the run page's manifest (a JSON output) holds {"path": ...} entries, which
+            # gradio_client would otherwise take for files to download (and the studio rightly refuses to serve)
+            yield Studio(Client(url, verbose=False, download_files=False), ws)
+    finally:
+        for ep in endpoints.list_endpoints(ws, include_stopped=False):
+            if ep.id not in before and ep.kind == "local":
+                endpoints.stop_endpoint(ws, ep.id, reason="test over")
 
 
 def test_the_main_actions_are_named_endpoints(studio):
@@ -76,10 +85,8 @@ def test_a_bad_file_comes_back_as_its_message(studio, tmp_path):
                                    handle_file(str(bad))})
 
 
-def test_from_a_csv_to_a_published_model_by_api(studio):
+def test_import_check_save_then_start_follow_and_cancel_a_run(studio):
     from gradio_client import handle_file
-
-    from studio.ui.evaluate_tab import GOLDEN
 
     # data: the file, the guessed columns, the check, the save (one session: the client keeps the tab's state)
     found = studio("/data_inspect", **{"1. Your spreadsheet (CSV, TSV, XLSX, JSONL, JSON or Parquet)":
@@ -93,37 +100,53 @@ def test_from_a_csv_to_a_published_model_by_api(studio):
     dataset_id = saved["Version"]
     assert "Saved" in saved["#0"] and dataset_id in saved["#0"]
 
-    # train: the list of versions (as the page refreshes it), the preset's values with the run name changed;
-    # the fit check; start; follow the run to its end (quick-test, so that the model learns to stop its answers:
-    # publishing checks that it does)
+    # train: the list of versions (refreshed as the page does: a dropdown only takes the choices it was last
+    # given), the preset's values, the fit check, start
     studio("/train_datasets")
     assert dataset_id in choices(studio.updates["Dataset version"])
     preset = studio("/train_preset", Preset="quick-test")
     settings = {k: v for k, v in preset.items() if not k.startswith("#")}
-    steps = settings["max steps"]
     chosen = {"Dataset version": dataset_id, "Base model": "demo-tiny", "Preset": "quick-test"}
     fit = studio("/train_fit_check", **chosen, **settings)["#0"]
-    assert "Fits" in fit and f"for {steps} steps" in fit
+    assert "Fits" in fit and f"for {settings['max steps']} steps" in fit
     started = studio("/train_start", **chosen, **settings, **{"Run name (optional)": "api run"})["#0"]
     run_id = re.search(r"run-[0-9]+-[0-9]+-[0-9a-f]+", started).group(0)
+
+    # follow it until it trains, cancel it, follow it until it stops
     studio("/runs_list")
     assert run_id in choices(studio.updates["Run"])
-    deadline = time.monotonic() + 300
+    page = poll(studio, run_id, "running|succeeded|failed|cancelled")
+    assert "**running**" in page["#1"], page["#1"]
+    assert [row[2] for row in page["Runs (newest first)"]["data"] if row[0] == run_id] == ["running"]
+    assert "Cancel sent" in studio("/runs_cancel", Run=run_id)["#0"]
+    page = poll(studio, run_id, "succeeded|failed|cancelled")
+    assert "**cancelled**" in page["#1"], page["#1"]
+
+
+def poll(studio, run_id: str, statuses: str, timeout_s: float = 300) -> dict:
+    """The run page, as the Runs tab's timer gets it, once the run is in one of these statuses."""
+    deadline = time.monotonic() + timeout_s
     while True:
         page = studio("/runs_poll", Run=run_id)
-        if re.search(r"\*\*(succeeded|failed|cancelled)\*\*", page["#1"]) or time.monotonic() > deadline:
-            break
-        time.sleep(1)
-    assert "**succeeded**" in page["#1"] and "100%" in page["#2"], page["#1"]
-    assert [row[2] for row in page["Runs (newest first)"]["data"] if row[0] == run_id] == ["succeeded"]
-    assert len([row for row in page["loss curves"]["data"] if row[2] == "training loss"]) == steps
+        if re.search(rf"\*\*({statuses})\*\*", page["#1"]) or time.monotonic() > deadline:
+            return page
+        time.sleep(0.5)
+
+
+def test_evaluate_publish_and_chat_with_a_trained_run_by_api(studio, trained_run):
+    from studio.ui.evaluate_tab import GOLDEN
+
+    run_id = trained_run.run_id
+    page = studio("/runs_show", Run=run_id)
+    assert "**succeeded**" in page["#0"] and "Adapter ready" in page["#0"]
+    assert {row[2] for row in page["loss curves"]["data"]} == {"training loss", "held-out loss"}
 
     # evaluate: two golden questions, base and tuned
     studio("/eval_refresh")
     assert run_id in choices(studio.updates["Run"])
     golden = {"headers": ["question", "reference answer"],
               "data": [["How do I reset my password?", "Open the sign-in page, choose Forgot password."],
-                       ["Where is my order?", "Open Orders in your account to see the tracking link."]]}
+                       ["Where is my order?", "Follow your parcel with the tracking number in your email."]]}
     evaluation = studio("/eval_run", Run=run_id, Questions=GOLDEN, **{
         "Golden set — type or paste your questions and answers": golden, "Max new tokens": 24,
         "Held-out rows for the loss": 2})

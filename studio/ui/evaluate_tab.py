@@ -111,7 +111,9 @@ def build(ws: Workspace) -> None:
                     "wrote which. Vote for the better one; the count is revealed as you go and kept with the "
                     "evaluation.")
         ab_state = gr.State({})
-        ab_eval = gr.Dropdown(label="Evaluation to vote on", choices=evaluations(ws))
+        ab_eval = gr.Dropdown(label="Evaluation to vote on", choices=evaluations(ws),
+                              info="An evaluation made above or earlier: its two answers to each question are "
+                                   "shown side by side, without saying which model wrote which.")
         ab_start = gr.Button("Start (or continue) voting")
         ab_question = gr.Markdown()
         with gr.Row():

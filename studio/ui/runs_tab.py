@@ -191,13 +191,14 @@ def run_page(prefix: str = "run"):
     status = gr.Markdown(elem_id=f"{prefix}-status")
     progress = gr.HTML(elem_id=f"{prefix}-progress")
     with gr.Row():
-        # Gradio 6 clips this chart's legend: the caption names the colours instead
         loss = gr.LinePlot(x="step", y="loss", color="curve", title="Loss (lower is better)", height=260,
                            label="loss curves", elem_id=f"{prefix}-loss",
-                           color_map={"training loss": "#2563eb", "held-out loss": "#f97316"},
-                           caption="Blue: loss on the rows it trains on. Orange: loss on held-out rows it never "
-                                   "trains on; if orange rises while blue falls, it memorises instead of learning.")
+                           color_map={"training loss": "#2563eb", "held-out loss": "#f97316"})
         lr = gr.LinePlot(x="step", y="learning rate", title="Learning rate", height=260, label="learning rate")
+    # Gradio 6 clips the chart's legend (and caption) at this height: the colours are named here instead
+    gr.Markdown("<small>Loss: <b style='color:#2563eb'>blue</b> on the rows it trains on, "
+                "<b style='color:#f97316'>orange</b> on held-out rows it never trains on. If orange rises while "
+                "blue keeps falling, the model memorises the rows instead of learning from them.</small>")
     with gr.Accordion("Log (last lines of train.log)", open=False):
         log = gr.Code(language=None, label="train.log", lines=12)
     with gr.Accordion("Settings and manifest (what exactly this run used)", open=False):
