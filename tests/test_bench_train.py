@@ -58,7 +58,7 @@ def test_best_keeps_only_changes_that_help():
     def row(name, tps):
         return {"config": name, "shape": "s", "tokens_per_s": tps}
 
-    results = [row("packed", 1000), row("packed-liger", 1100), row("packed-nockpt", 1300),
+    results = [row("studio", 1000), row("packed-liger", 1100), row("packed-nockpt", 1300),
                row("packed-sac", 1200), row("packed-flex", 1010)]  # fmt: skip
     best = bench.compose_best(results, "s")
     assert best.settings == {"packing": True, "gradient_checkpointing": False}
@@ -71,21 +71,21 @@ def test_best_keeps_only_changes_that_help():
 def test_benchmark_runs_baseline_and_studio_on_cpu(tmp_path):
     out = tmp_path / "out"
     code = bench.main(["--shape", "tiny", "--max-length", "128", "--median", "40", "--configs",
-                       "baseline,studio,packed", "--in-process", "--out", str(out), "--steps", "1",
+                       "baseline,studio,padded", "--in-process", "--out", str(out), "--steps", "1",
                        "--models-dir", str(tmp_path / "models")])  # fmt: skip
     assert code == 0
     results = {r["config"]: r for r in json.loads((out / "results.json").read_text())}
-    assert set(results) == {"baseline", "studio", "packed"}
+    assert set(results) == {"baseline", "studio", "padded"}
     assert not any("error" in r for r in results.values())
-    base, studio, packed = results["baseline"], results["studio"], results["packed"]
+    base, studio, padded = results["baseline"], results["studio"], results["padded"]
     for r in results.values():
-        assert r["tokens_per_s"] > 0 and r["measured_micro_batches"] == 4  # 1 measured step x 4 micro-batches
-        assert r["device"] == "cpu" and len(r["micro_batch_s"]) == 8
-    assert studio["estimate_gb"] > 0 and packed["estimate_gb"] > 0 and "estimate_gb" not in base
-    # Same rows, same order, same answers-only loss: the two paths start from the same losses.
-    assert studio["first_losses"][0] == pytest.approx(base["first_losses"][0], abs=1e-3)
+        assert r["tokens_per_s"] > 0 and r["measured_micro_batches"] == r["grad_accum"]  # 1 measured step
+        assert r["device"] == "cpu" and len(r["micro_batch_s"]) == 2 * r["grad_accum"]  # 1 warm-up + 1 measured
+    assert studio["estimate_gb"] > 0 and padded["estimate_gb"] > 0 and "estimate_gb" not in base
+    # Same rows, same order, same answers-only loss: the plain and the studio's path start from the same losses.
+    assert padded["first_losses"][0] == pytest.approx(base["first_losses"][0], abs=1e-3)
     assert len(base["first_losses"]) == 2
-    assert base["padding_share"] > 0.1 and packed["padding_share"] == 0
-    assert packed["real_tokens_per_micro_batch"] > 2 * base["real_tokens_per_micro_batch"]
+    assert base["padding_share"] > 0.1 and studio["padding_share"] == 0 and studio["packing"]
+    assert studio["real_tokens_per_micro_batch"] > base["real_tokens_per_micro_batch"]
     table = (out / "results.md").read_text()
     assert table.count("\n| tiny | 128 |") == 3 and "tokens/s" in table

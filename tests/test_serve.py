@@ -39,8 +39,10 @@ def test_text_generation_base_and_adapter_differ(client):
     assert base and tuned and base != tuned
     # greedy is repeatable, and streaming gives the same text token by token
     assert client.text_generation("Where is my parcel?", max_new_tokens=12, adapter_id="tuned") == tuned
-    pieces = list(client.text_generation("Where is my parcel?", max_new_tokens=12, adapter_id="tuned", stream=True))
-    assert len(pieces) == 12 and "".join(pieces) == tuned
+    events = list(client.text_generation("Where is my parcel?", max_new_tokens=12, adapter_id="tuned", stream=True,
+                                         details=True))
+    assert 1 <= len(events) <= 12 and events[-1].generated_text == tuned
+    assert "".join(e.token.text for e in events if not e.token.special) == tuned
 
 
 def test_details_and_stream_details(client):

@@ -9,20 +9,23 @@ import yaml
 from conftest import FAQ_PAIRS
 
 from studio import jobs
+from studio.presets import load_preset
 from studio.training.folder import RunFolder
+
+STEPS = load_preset("quick-test").overrides["max_steps"]  # the trained_run fixture uses quick-test
 
 pytestmark = pytest.mark.slow
 
 
 def test_the_run_succeeded_and_its_loss_fell(trained_run):
     run = jobs.get_run(trained_run.ws, trained_run.run_id)
-    assert run.status == "succeeded" and run.step == run.max_steps == 60
+    assert run.status == "succeeded" and run.step == run.max_steps == STEPS
     summary = jobs.summarize(RunFolder(trained_run.run_dir))
     losses = [e["loss"] for e in summary["steps"]]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 1.5, f"loss should fall clearly: {first:.2f} -> {last:.2f}"
     evals = [e["eval_loss"] for e in summary["evals"]]
-    assert len(evals) == 3 and evals[-1] < evals[0]
+    assert len(evals) == STEPS // 20 and evals[-1] < evals[0]
     assert run.loss == pytest.approx(losses[-1]) and run.eval_loss == pytest.approx(evals[-1])
 
 
@@ -35,15 +38,15 @@ def test_events_carry_every_progress_field(trained_run):
                 "tokens_seen", "gpu_memory", "elapsed", "eta"):
         assert key in step, key
     assert step["tokens_per_second"] > 0 and step["eta"] > 0 and step["gpu_memory"] is None  # CPU
-    assert [e["step"] for e in events if e["type"] == "checkpoint"] == [20, 40, 60]
+    assert [e["step"] for e in events if e["type"] == "checkpoint"] == list(range(20, STEPS + 1, 20))
     end = events[-1]
-    assert end["status"] == "succeeded" and end["step"] == 60 and end["adapter"].endswith("adapter")
+    assert end["status"] == "succeeded" and end["step"] == STEPS and end["adapter"].endswith("adapter")
 
 
 def test_run_folder_holds_config_manifest_adapter(trained_run):
     folder = RunFolder(trained_run.run_dir)
     config = yaml.safe_load(folder.config.read_text())
-    assert config["base_model"] == "demo-tiny" and config["max_steps"] == 60
+    assert config["base_model"] == "demo-tiny" and config["max_steps"] == STEPS
     manifest = folder.read_manifest()
     assert manifest["dataset"]["id"] == trained_run.dataset_id and len(manifest["dataset"]["content_hash"]) == 64
     assert manifest["seed"] == 42 and manifest["libraries"]["trl"] and manifest["libraries"]["torch"]
@@ -97,12 +100,13 @@ def test_cli_lists_and_follows_the_run(trained_run):
     listed = studio("runs", "list", "--json")
     assert listed.returncode == 0, listed.stderr
     row = next(r for r in json.loads(listed.stdout) if r["id"] == trained_run.run_id)
-    assert row["status"] == "succeeded" and row["progress"] == 1.0 and row["step"] == 60
+    assert row["status"] == "succeeded" and row["progress"] == 1.0 and row["step"] == STEPS
     followed = studio("runs", "show", trained_run.run_id, "--follow")
     assert followed.returncode == 0, followed.stderr
     lines = followed.stdout.splitlines()
-    assert "started at step 0 of 60" in lines and any(ln.startswith("step 60/60 · epoch") for ln in lines)
-    assert any(ln.startswith("step 20/60 · epoch") and "eval loss" in ln for ln in lines)
-    assert f"Run {trained_run.run_id} succeeded at step 60/60." in followed.stdout
+    assert f"started at step 0 of {STEPS}" in lines
+    assert any(ln.startswith(f"step {STEPS}/{STEPS} · epoch") for ln in lines)
+    assert any(ln.startswith(f"step 20/{STEPS} · epoch") and "eval loss" in ln for ln in lines)
+    assert f"Run {trained_run.run_id} succeeded at step {STEPS}/{STEPS}." in followed.stdout
     shown = studio("runs", "show", trained_run.run_id)
     assert "status    succeeded" in shown.stdout and "adapter   " in shown.stdout and "config    " in shown.stdout

@@ -37,7 +37,7 @@ def _response(code: int) -> httpx.Response:
 def test_gpu_out_of_memory(tmp_path):
     failure = classify(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), CFG, tmp_path)
     assert failure.kind == "oom" and "ran out of memory on the GPU" in failure.reason
-    assert "micro_batch_size (now 4)" in failure.fix and "max_length (now 2048)" in failure.fix
+    assert f"micro_batch_size (now {CFG.micro_batch_size})" in failure.fix and "max_length (now 2048)" in failure.fix
     assert "low-memory preset" in failure.fix
 
 

@@ -17,7 +17,8 @@ def test_cpu_gets_lora_in_32_bit_with_a_notice(cfg):
     assert "32-bit" in recipe.method_notice(cfg)
     args = recipe.sft_config(cfg, "/tmp/unused")
     assert args.use_cpu and not args.bf16 and args.completion_only_loss is True
-    assert args.max_length == cfg.max_length and args.max_steps == cfg.max_steps == 100 and args.learning_rate == cfg.learning_rate
+    assert args.max_length == cfg.max_length and args.max_steps == cfg.max_steps == 100
+    assert args.learning_rate == cfg.learning_rate
     assert args.save_total_limit == cfg.keep_checkpoints and args.eval_steps == 20
 
 

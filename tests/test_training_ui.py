@@ -6,8 +6,11 @@ from conftest import save_qa_dataset
 
 from studio import jobs
 from studio.config import PRESET_FIELDS
+from studio.presets import load_preset
 from studio.ui import runs_tab, train_tab
 from studio.ui.app import build_app
+
+STEPS = load_preset("quick-test").overrides["max_steps"]  # the trained_run fixture uses quick-test
 
 
 @pytest.fixture
@@ -35,7 +38,7 @@ def test_both_tabs_build_in_the_app_with_named_events(ws):
 
 def test_preset_values_and_overrides(ws):
     values = train_tab.preset_values("quick-test")
-    assert len(values) == len(PRESET_FIELDS) and values[PRESET_FIELDS.index("max_steps")] == 60
+    assert len(values) == len(PRESET_FIELDS) and values[PRESET_FIELDS.index("max_steps")] == STEPS
     assert train_tab.overrides_of("quick-test", values) == {}
     changed = _values(lora_r=8, target_modules="q_proj, v_proj", learning_rate=0.001)
     assert train_tab.overrides_of("quick-test", changed) == {"lora_r": 8, "target_modules": ["q_proj", "v_proj"],
@@ -46,7 +49,7 @@ def test_preset_values_and_overrides(ws):
 
 def test_fit_check_command_and_start(ws, dataset):
     text, changes = train_tab.check_fit(ws, dataset.id, "demo-tiny", "quick-test", *_values())
-    assert "✅ **Fits" in text and "peak" in text and "60 steps" in text and changes == {}
+    assert "✅ **Fits" in text and "peak" in text and f"{STEPS} steps" in text and changes == {}
     with pytest.raises(gr.Error, match="'lora_r' input should be greater than or equal to 1"):
         train_tab.check_fit(ws, dataset.id, "demo-tiny", "quick-test", *_values(lora_r=0))
     with pytest.raises(gr.Error, match="No dataset version is chosen"):
@@ -73,7 +76,7 @@ def test_runs_tab_actions_on_a_queued_run(ws, dataset):
     assert list(table["run"]) == [run_id] and table.iloc[0]["status"] == "queued"
     assert runs_tab.default_run(ws) == run_id
     status, progress, loss, lr, log, config, manifest = runs_tab.run_view(ws, run_id)
-    assert "queued" in status and "0 run(s) before it" in status and loss.empty and config["max_steps"] == 60
+    assert "queued" in status and "0 run(s) before it" in status and loss.empty and config["max_steps"] == STEPS
     assert "cancelled" in runs_tab.cancel_run(ws, run_id)
     assert "from the start" in runs_tab.resume_run(ws, run_id)
     said, new_id = runs_tab.rerun_run(ws, run_id)
@@ -91,6 +94,6 @@ def test_runs_tab_actions_on_a_queued_run(ws, dataset):
 def test_run_page_of_a_trained_run_shows_curves_log_and_manifest(trained_run):
     status, progress, loss, lr, log, config, manifest = runs_tab.run_view(trained_run.ws, trained_run.run_id)
     assert "succeeded" in status and "Adapter ready" in status and "100%" in progress
-    assert set(loss["curve"]) == {"training loss", "held-out loss"} and len(loss) == 63
-    assert len(lr) == 60 and "run succeeded at step 60" in log
+    assert set(loss["curve"]) == {"training loss", "held-out loss"} and len(loss) == STEPS + STEPS // 20
+    assert len(lr) == STEPS and f"run succeeded at step {STEPS}" in log
     assert config["base_model"] == "demo-tiny" and manifest["dataset"]["id"] == trained_run.dataset_id
