@@ -254,7 +254,8 @@ def test_cancel_from_the_page_while_a_second_browser_watches(browser, studio, pa
         expect(runs.locator("#run-progress")).to_contain_text("cancelled", timeout=120_000)
         expect(train.locator("#train-run-progress")).to_contain_text("cancelled", timeout=30_000)
         expect(runs.locator("#runs-table")).to_contain_text("cancelled")
-        assert load_preset("quick-test").values()["max_steps"] < 5000 and "/5000" in runs.locator(
-            "#runs-table").inner_text()  # the changed setting was the one the run used
     finally:
         other.context.close()
+    from studio import jobs
+
+    assert jobs.get_run(studio.ws, run_id).config["max_steps"] == 5000  # the setting changed in the page
