@@ -2,7 +2,7 @@
 thumbs-down under the tuned answer, correct it, and find the correction in a new dataset version."""
 
 import pytest
-from browser import CHROMIUM_ARGS, SCREENSHOTS, chromium_path, studio_process
+from browser import CHROMIUM_ARGS, chromium_path, studio_process
 from conftest import free_port
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -28,8 +28,6 @@ def test_chat_side_by_side_and_correct_an_answer(trained_run):
             right = page.locator("#chat-right")
             right.get_by_text("Forgot password").wait_for(timeout=90_000)
             page.locator("#chat-left .message.bot").first.wait_for(timeout=30_000)
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOTS / "chat.png"), full_page=True)
             right.get_by_label("Dislike").first.click()
             corrected = page.get_by_label("The correct answer")
             corrected.wait_for(timeout=15_000)
