@@ -14,24 +14,14 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from studio.data.templates import CHATML
+
 if TYPE_CHECKING:
     from studio.workspace import Workspace
 
 CORPUS = Path(__file__).resolve().parent.parent / "assets" / "demo_corpus.txt"
 VOCAB_SIZE = 2048  # a BPE on ~3 KB of text stops earlier; byte-level, so any text still encodes
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-# ChatML as Qwen writes it. The generation markers let TRL's assistant_only_loss find the answers.
-CHATML = (
-    "{%- for message in messages %}"
-    "{%- if message['role'] == 'assistant' %}"
-    "{{- '<|im_start|>assistant\\n' }}{% generation %}{{- message['content'] + '<|im_end|>' }}"
-    "{% endgeneration %}{{- '\\n' }}"
-    "{%- else %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
 # ~0.9M parameters: big enough to memorise a sample sheet's answers with LoRA in a minute on a
 # CPU, small enough to build and load in about a second.
 ARCH = dict(
