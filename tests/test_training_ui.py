@@ -97,3 +97,13 @@ def test_run_page_of_a_trained_run_shows_curves_log_and_manifest(trained_run):
     assert set(loss["curve"]) == {"training loss", "held-out loss"} and len(loss) == STEPS + STEPS // 20
     assert len(lr) == STEPS and f"run succeeded at step {STEPS}" in log
     assert config["base_model"] == "demo-tiny" and manifest["dataset"]["id"] == trained_run.dataset_id
+
+
+def test_a_finished_runs_page_is_sent_once_not_every_tick(trained_run):
+    n = len(runs_tab.run_page())
+    first = runs_tab.poll_view(trained_run.ws, trained_run.run_id, None, n)
+    key = first[-1]
+    assert key is not None and key[:2] == (trained_run.run_id, "succeeded") and len(first) == n + 1
+    again = runs_tab.poll_view(trained_run.ws, trained_run.run_id, key, n)
+    assert again[-1] == key and all(isinstance(v, type(gr.skip())) for v in again[:-1])
+    assert runs_tab.finished_key(trained_run.ws, None) is None

@@ -6,12 +6,14 @@ the run folders, so a reload, a second browser or a restarted studio shows the s
 from __future__ import annotations
 
 import html
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
 from studio import jobs
 from studio.errors import StudioError
+from studio.training.folder import TERMINAL_STATES
 from studio.workspace import Workspace
 
 POLL_S = 2.0
@@ -123,6 +125,29 @@ def live_view(ws: Workspace, run_id: str | None):
     status, progress, loss, lr, *rest = run_view(ws, run_id)
     return (status, progress, _titled(loss, "loss", "Loss (lower is better)"),
             _titled(lr, "learning rate", "Learning rate"), *rest)
+
+
+def finished_key(ws: Workspace, run_id: str | None) -> tuple | None:
+    """What a finished run's page depends on; None while a run can still change (queued, running)."""
+    if not run_id:
+        return None
+    try:
+        run = jobs.get_run(ws, run_id)
+    except StudioError:
+        return None
+    if run.status not in TERMINAL_STATES:
+        return None
+    files = [Path(run.path) / name for name in ("events.jsonl", "train.log", "status.json")]
+    return (run_id, run.status, *(f.stat().st_mtime_ns if f.exists() else 0 for f in files))
+
+
+def poll_view(ws: Workspace, run_id: str | None, shown: tuple | None, outputs: int):
+    """The timer's view: a finished run's page is sent once, not redrawn every tick (each redraw resends its
+    curves and log to every open browser)."""
+    key = finished_key(ws, run_id)
+    if key is not None and key == shown:
+        return (*[gr.skip()] * outputs, shown)
+    return (*live_view(ws, run_id), key)
 
 
 def _titled(frame: pd.DataFrame, column: str, title: str):
@@ -242,8 +267,9 @@ def build(ws: Workspace) -> None:
         return frame.iloc[row]["run"]
 
     outputs = list(page)
-    timer.tick(lambda run_id: (runs_table(ws), *live_view(ws, run_id)), [chosen], [table, *outputs],
-               api_name="runs_poll", show_progress="hidden")
+    shown = gr.State(None)  # the finished run whose page this browser already shows
+    timer.tick(lambda run_id, key: (runs_table(ws), *poll_view(ws, run_id, key, len(outputs))), [chosen, shown],
+               [table, *outputs, shown], api_name="runs_poll", show_progress="hidden")
     refresh.click(refresh_all, [chosen], [table, chosen], api_name="runs_list")
     table.select(pick_row, [table], chosen)
     chosen.change(lambda run_id: live_view(ws, run_id), [chosen], outputs, api_name="runs_show")

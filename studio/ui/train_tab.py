@@ -17,7 +17,7 @@ from studio.errors import InvalidInput, StudioError
 from studio.fitcheck import FitEstimate, duration
 from studio.models import DEMO_MODEL, catalog, catalog_entry
 from studio.presets import DEFAULT_PRESET, build_config, load_preset, preset_names
-from studio.ui.runs_tab import POLL_S, default_run, live_view, run_page
+from studio.ui.runs_tab import POLL_S, default_run, poll_view, run_page
 from studio.workspace import Workspace
 
 GUIDE = """### Fine-tune a model on your data
@@ -240,8 +240,9 @@ def build(ws: Workspace) -> None:
     command.click(show_command, [dataset, model, preset, name, *controls], cli, api_name="train_command")
     go.click(lambda d, m, p, n, f, *v: start(ws, d, m, p, n, f, *v), [dataset, model, preset, name, force, *controls],
              [started, current], api_name="train_start")
-    timer.tick(lambda run_id: live_view(ws, run_id or default_run(ws)), [current], list(page),
-               show_progress="hidden")
+    shown = gr.State(None)  # the finished run whose page this browser already shows
+    timer.tick(lambda run_id, key: poll_view(ws, run_id or default_run(ws), key, len(page)), [current, shown],
+               [*page, shown], show_progress="hidden")
     dataset.attach_load_event(lambda: gr.Dropdown(choices=dataset_choices(ws)), None)
     # versions saved in the Data tab since the page loaded appear as soon as the list is opened
     dataset.focus(lambda: gr.Dropdown(choices=dataset_choices(ws)), None, dataset, show_progress="hidden",
