@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from studio.jobs import start_scheduler
+from studio.core.workspace import Workspace
+from studio.training.runs import start_scheduler
 from studio.ui.app import build_app, css, theme
-from studio.workspace import Workspace
 
 
 def main() -> None:

@@ -83,7 +83,7 @@ def build_bpe(out: Path, vocab_size: int = 32_000) -> float:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, PreTrainedTokenizerFast
 
-    from studio.demo_model import CHATML
+    from studio.models.demo import CHATML
 
     start = time.perf_counter()
     make = sentence_maker(seed=99)
@@ -110,8 +110,8 @@ def measure(csv_path: Path, base_model: str, home: Path) -> dict:
     """One import in this process, with its timings and the peak RSS sampled every 20 ms."""
     import psutil
 
+    from studio.core.workspace import Workspace
     from studio.data.importer import inspect_file, prepare, save
-    from studio.workspace import Workspace
 
     proc = psutil.Process()
     peak = [proc.memory_info().rss]
@@ -124,7 +124,7 @@ def measure(csv_path: Path, base_model: str, home: Path) -> dict:
 
     ws = Workspace.open(home)
     from studio.data import checks
-    from studio.models import load_tokenizer
+    from studio.models.catalog import load_tokenizer
 
     counting = {"cpu_s": 0.0}
     count_tokens = checks.count_tokens

@@ -1,7 +1,7 @@
 """Endpoint latency: time to first token (TTFT) and tokens/s of the embedded endpoint at 1 and at N
 concurrent clients, against plain in-process `model.generate` on the same prompts (the baseline).
 
-The endpoint is the real process (`python -m studio.serve`) serving the base model plus one LoRA
+The endpoint is the real process (`python -m studio.serving.server`) serving the base model plus one LoRA
 adapter, and the clients ask the adapter, as the Chat tab does; they stream from /generate_stream
 over HTTP. The baseline runs the same base+adapter model in this process with the same greedy
 decoding and the same thread count: one prompt at a time for 1 client, N prompts as one left-padded
@@ -49,7 +49,7 @@ def build(shape: str, folder: Path) -> tuple[Path, Path]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from studio.demo_model import build_demo_model
+    from studio.models.demo import build_demo_model
 
     base = folder / "base"
     build_demo_model(folder / "demo-tiny")
@@ -57,7 +57,7 @@ def build(shape: str, folder: Path) -> tuple[Path, Path]:
     if shape == "demo-tiny":
         base = folder / "demo-tiny"
     else:
-        from studio.models import catalog_entry
+        from studio.models.catalog import catalog_entry
 
         s = catalog_entry(SHAPES[shape]).shape
         config = LlamaConfig(vocab_size=s.vocab, hidden_size=s.hidden, num_hidden_layers=s.layers,
@@ -202,7 +202,7 @@ def _ms(values: list[float]) -> dict:
 def start_endpoint(base: Path, adapter: Path, port: int, threads: int, log: Path) -> subprocess.Popen:
     import httpx
 
-    argv = [sys.executable, "-m", "studio.serve", "--model", str(base), "--served-name", "base", "--adapter",
+    argv = [sys.executable, "-m", "studio.serving.server", "--model", str(base), "--served-name", "base", "--adapter",
             f"tuned={adapter}", "--port", str(port), "--threads", str(threads), "--log-level", "warning"]
     proc = subprocess.Popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -107,7 +107,7 @@ def compose_best(results: list, shape: str) -> Variant | None:
 
 # ----------------------------------------------------------------------------- model and data
 def shape_of(name: str):
-    from studio.models import Shape, catalog_entry
+    from studio.models.catalog import Shape, catalog_entry
 
     return Shape(**TINY) if name == "tiny" else catalog_entry(SHAPES[name]).shape
 
@@ -117,7 +117,7 @@ def word_tokenizer(vocab: int):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from studio.demo_model import CHATML
+    from studio.models.demo import CHATML
 
     table = {tok: i for i, tok in enumerate(SPECIAL)}
     table.update({f"w{i}": i for i in range(len(SPECIAL), vocab)})
@@ -289,7 +289,7 @@ def fit_estimate(shape, cfg, rows: list, tok, longest_seen: int) -> dict:
     """The studio's fit check for this run: as it would predict from the dataset, and for the longest row seen."""
     import torch
 
-    from studio import fitcheck
+    from studio.training import fitcheck
 
     lengths = [len(tok.apply_chat_template(r["messages"], tokenize=True, return_dict=False)) for r in rows]
     stats = {"rows": len(rows), "mean_tokens": statistics.mean(lengths), "max_tokens": max(lengths)}
@@ -308,7 +308,7 @@ def fit_estimate(shape, cfg, rows: list, tok, longest_seen: int) -> dict:
 
 # ----------------------------------------------------------------------------- the two paths
 def bench_config(variant: Variant, max_length: int, steps: int):
-    from studio.presets import build_config
+    from studio.training.presets import build_config
 
     settings = {"max_length": max_length, "max_steps": steps, **variant.settings}
     return build_config("bench-model", "bench-synthetic", variant.preset, settings)

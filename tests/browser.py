@@ -94,8 +94,8 @@ def screenshot(page, name: str) -> None:
 def studio_with_demo(home: Path, demo_model_source: Path, port: int):
     """A studio process on a fresh workspace whose demo-tiny is the session's build; yields (url, workspace).
     The endpoints that chat, evaluation and publishing start outlive the studio by design: stopped here."""
-    from studio import endpoints
-    from studio.workspace import Workspace
+    from studio.core.workspace import Workspace
+    from studio.serving import endpoints
 
     ws = Workspace.open(home)
     (ws.models_dir / "demo-tiny").symlink_to(demo_model_source, target_is_directory=True)

@@ -18,7 +18,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 @pytest.fixture(scope="session")
 def demo_model_source(tmp_path_factory) -> Path:
     """One build of demo-tiny for the whole test run."""
-    from studio.demo_model import build_demo_model
+    from studio.models.demo import build_demo_model
 
     out = tmp_path_factory.mktemp("demo-tiny-build") / "demo-tiny"
     build_demo_model(out)
@@ -35,7 +35,7 @@ def studio_home(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def ws(studio_home, demo_model_source):
     """A fresh workspace whose demo-tiny is the session's build (linked, not rebuilt)."""
-    from studio.workspace import Workspace
+    from studio.core.workspace import Workspace
 
     workspace = Workspace.open(studio_home)
     (workspace.models_dir / "demo-tiny").symlink_to(demo_model_source, target_is_directory=True)
@@ -98,9 +98,9 @@ class TrainedRun:
 def trained_run(tmp_path_factory, demo_model_source) -> TrainedRun:
     """demo-tiny trained once per test session with the quick-test preset, through the real queue and
     training process; status 'succeeded' in ws's runs table, adapter/ ready for chat, eval, publish."""
-    from studio import jobs
-    from studio.presets import build_config
-    from studio.workspace import Workspace
+    from studio.core.workspace import Workspace
+    from studio.training import runs as jobs
+    from studio.training.presets import build_config
 
     ws = Workspace.open(tmp_path_factory.mktemp("trained-run") / "studio-home")
     (ws.models_dir / "demo-tiny").symlink_to(demo_model_source, target_is_directory=True)

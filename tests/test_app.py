@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_system_tab_renders_the_report(ws):
-    from studio.system import report
+    from studio.core.system import report
     from studio.ui.system_tab import render
 
     md = render(report(ws))

@@ -14,7 +14,7 @@ import pytest
 from browser import ROOT, chromium, open_tab, pick, screenshot, studio_with_demo
 from conftest import free_port, save_qa_dataset
 
-from studio.presets import load_preset
+from studio.training.presets import load_preset
 
 pytestmark = pytest.mark.browser
 
@@ -256,6 +256,6 @@ def test_cancel_from_the_page_while_a_second_browser_watches(browser, studio, pa
         expect(runs.locator("#runs-table")).to_contain_text("cancelled")
     finally:
         other.context.close()
-    from studio import jobs
+    from studio.training import runs as jobs
 
     assert jobs.get_run(studio.ws, run_id).config["max_steps"] == 5000  # the setting changed in the page

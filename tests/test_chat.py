@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from studio import chat, feedback
-from studio.errors import InvalidInput
+from studio.core.errors import InvalidInput
+from studio.evaluation import feedback
+from studio.serving import chat
 
 
 def test_gradio_content_is_flattened_into_messages():
@@ -67,7 +68,7 @@ def test_a_correction_on_a_run_extends_the_run_dataset(trained_run):
 
 @pytest.fixture(scope="module")
 def run_endpoint(trained_run):
-    from studio import endpoints
+    from studio.serving import endpoints
 
     ep = endpoints.start_for_run(trained_run.ws, trained_run.run_id)
     yield ep

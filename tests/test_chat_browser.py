@@ -11,8 +11,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 def test_chat_side_by_side_and_correct_an_answer(trained_run):
     from playwright.sync_api import sync_playwright
 
-    from studio import endpoints
     from studio.data.store import list_versions, load_split
+    from studio.serving import endpoints
 
     ws = trained_run.ws
     with studio_process(ws.home, free_port()) as url, sync_playwright() as p:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from studio.config import PRESET_FIELDS, TrainConfig, field_help, load_yaml, parse_value, validate
-from studio.errors import InvalidInput
+from studio.core.errors import InvalidInput
+from studio.training.config import PRESET_FIELDS, TrainConfig, field_help, load_yaml, parse_value, validate
 
 
 def test_defaults_are_valid_and_round_trip_through_yaml():

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from studio.core.errors import Conflict, InvalidInput
 from studio.data import store
 from studio.data.importer import import_file, inspect_file, prepare, preview_version, save
-from studio.errors import Conflict, InvalidInput
 
 SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
 
@@ -136,7 +136,7 @@ def test_messages_jsonl_multi_turn(ws, tmp_path):
 
 def test_preview_marks_exactly_the_answer_tokens(ws):
     from studio.data.templates import apply_template
-    from studio.models import load_tokenizer
+    from studio.models.catalog import load_tokenizer
 
     inspection = inspect_file(SAMPLES / "support_faq.csv")
     prepared = prepare(ws, inspection.table, inspection.guess.mapping, system_prompt="Be kind.")
@@ -157,7 +157,7 @@ def test_preview_marks_exactly_the_answer_tokens(ws):
 
 def test_fallback_templates_and_apply_template(ws):
     from studio.data.templates import FALLBACK_TEMPLATES, apply_template, default_template
-    from studio.models import load_tokenizer
+    from studio.models.catalog import load_tokenizer
 
     tokenizer = load_tokenizer(ws, "demo-tiny")
     assert default_template(tokenizer) == "model"
@@ -180,7 +180,7 @@ def test_fallback_templates_and_apply_template(ws):
 def test_unreachable_hub_model_says_so(ws, monkeypatch):
     import huggingface_hub.constants
 
-    from studio.errors import ModelUnavailable
+    from studio.core.errors import ModelUnavailable
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no waiting on a network that is not there
     with pytest.raises(ModelUnavailable, match="not downloaded yet|cannot be reached|no model called"):
@@ -247,7 +247,7 @@ def test_fast_rendering_counts_exactly_what_the_template_gives(ws):
     from studio.data.mapping import build_conversations
     from studio.data.render import count_tokens
     from studio.data.templates import apply_template
-    from studio.models import load_tokenizer
+    from studio.models.catalog import load_tokenizer
 
     inspection = inspect_file(SAMPLES / "clinical_notes.csv")
     conv = build_conversations(inspection.table, inspection.guess.mapping, "Be precise.")
@@ -308,7 +308,7 @@ def test_a_template_that_refuses_the_system_role_says_what_to_do(ws):
 
 
 def load_demo_tokenizer(ws):
-    from studio.models import load_tokenizer
+    from studio.models.catalog import load_tokenizer
 
     return load_tokenizer(ws, "demo-tiny")
 

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
+from studio.core.errors import InvalidInput
 from studio.data.ingest import read_table
-from studio.errors import InvalidInput
 
 ROWS = [("How do I reset my password?", "Use the Forgot password link."),
         ("Où est ma commande ?", "Elle arrive demain, à 9 h.")]

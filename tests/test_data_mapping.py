@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from studio.core.errors import InvalidInput
 from studio.data.ingest import SourceTable
 from studio.data.mapping import build_conversations, check_mapping, guess_mapping
-from studio.errors import InvalidInput
 
 
 def table(columns, rows=None, object_columns=()):

@@ -3,7 +3,7 @@ import sqlite3
 import pytest
 import sqlite_utils
 
-from studio.db import MIGRATIONS, _number, migrate
+from studio.core.db import MIGRATIONS, _number, migrate
 
 
 def memory_db():

@@ -13,8 +13,8 @@ import time
 import psutil
 import pytest
 
-from studio import endpoints
-from studio.errors import Conflict, InvalidInput, ModelUnavailable, NotFound
+from studio.core.errors import Conflict, InvalidInput, ModelUnavailable, NotFound
+from studio.serving import endpoints
 
 pytestmark = pytest.mark.slow
 
@@ -25,8 +25,8 @@ def studio_cli(home, *args) -> subprocess.CompletedProcess:
 
 
 def test_run_endpoint_serves_base_and_tuned_then_admission_control_stops_it(trained_run):
-    from studio.chat import Settings, build_messages, chat_body, client, complete_chat, served_models
-    from studio.evaluate import token_f1
+    from studio.evaluation.runner import token_f1
+    from studio.serving.chat import Settings, build_messages, chat_body, client, complete_chat, served_models
 
     ws, run_id = trained_run.ws, trained_run.run_id
     ep = endpoints.start_for_run(ws, run_id)
@@ -69,7 +69,7 @@ def test_killed_endpoint_is_marked_failed_with_its_log_then_removed(ws, tmp_path
     assert listed.status == "failed" and "ended unexpectedly" in listed.error and "serving demo-tiny" in listed.error
     assert endpoints.list_endpoints(ws, include_stopped=False) == []
     with pytest.raises(ModelUnavailable, match="failed"):
-        from studio.chat import open_target
+        from studio.serving.chat import open_target
 
         open_target(ws, ep.id)
     endpoints.remove_endpoint(ws, ep.id)
@@ -89,7 +89,7 @@ def test_endpoint_outlives_the_studio_process_and_is_readopted(ws, tmp_path, dem
     # a new studio (this process) finds it alive, with the same pid, and talks to it
     [adopted] = endpoints.list_endpoints(ws)
     assert (adopted.id, adopted.status, adopted.pid) == (record["id"], "ready", record["pid"])
-    from studio.chat import open_target
+    from studio.serving.chat import open_target
 
     target = open_target(ws, "kept")
     assert target.models == ["demo-tiny", "faq"] and target.tuned == "faq"

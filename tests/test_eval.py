@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from studio import evaluate
-from studio.errors import InvalidInput
+from studio.core.errors import InvalidInput
+from studio.evaluation import runner as evaluate
 
 SAMPLE_GOLDEN = Path(__file__).resolve().parents[1] / "assets" / "samples" / "support_faq_golden.csv"
 
@@ -70,7 +70,7 @@ def test_ab_tally_counts_votes_for_the_hidden_model():
 @pytest.fixture(scope="module")
 def run_endpoint(trained_run):
     """One endpoint for the module: evaluate_run uses a live endpoint of the run instead of starting one."""
-    from studio import endpoints
+    from studio.serving import endpoints
 
     ep = endpoints.start_for_run(trained_run.ws, trained_run.run_id)
     yield ep
@@ -145,7 +145,7 @@ def test_evaluate_tab_through_gradio_client(trained_run, run_endpoint):
 
 
 def test_evaluating_an_unknown_run_is_refused(ws):
-    from studio.errors import NotFound
+    from studio.core.errors import NotFound
 
     with pytest.raises(NotFound, match="no run 'run-nope'"):
         evaluate.evaluate_run(ws, "run-nope")

@@ -13,12 +13,12 @@ import sys
 import pytest
 from test_publish_helpers import config_only_adapter, register_run
 
-from studio.errors import Conflict, ResourceError
-from studio.publish.card import render_card
-from studio.publish.export import ExportFailed, list_exports, start_export, wait_export
-from studio.publish.export_worker import folder_hash
-from studio.publish.pipeline import ensure_export
-from studio.publish.source import derive_limits, finished_run
+from studio.core.errors import Conflict, ResourceError
+from studio.publishing.card import render_card
+from studio.publishing.export import ExportFailed, list_exports, start_export, wait_export
+from studio.publishing.export_worker import folder_hash
+from studio.publishing.pipeline import ensure_export
+from studio.publishing.source import derive_limits, finished_run
 
 PROMPTS = [[{"role": "user", "content": "Do you ship abroad?"}]]
 
@@ -133,7 +133,7 @@ def test_a_bf16_base_is_merged_in_bf16_into_shards(ws, trained_run, demo_model_s
 def test_export_refuses_when_the_disk_is_too_small(ws, tmp_path, monkeypatch):
     import shutil as real_shutil
 
-    from studio.publish import export as export_module
+    from studio.publishing import export as export_module
 
     run_id = register_run(ws, config_only_adapter(tmp_path / "adapter"))
     usage = real_shutil.disk_usage(ws.home)
@@ -168,7 +168,7 @@ def test_disk_full_during_the_export_fails_cleanly(ws, trained_run):
 
 
 def test_a_run_that_has_not_finished_is_refused(ws):
-    from studio.db import now
+    from studio.core.db import now
 
     run_id = "run-20260101-000000-busy"
     with ws.db() as db:
@@ -213,7 +213,7 @@ def test_model_card_names_base_data_preset_metrics_use_and_limits():
 def test_end_of_turn_token_joins_the_eos_ids(demo_model_source):
     from transformers import AutoTokenizer, GenerationConfig
 
-    from studio.publish.export_worker import end_of_turn_ids, eos_ids
+    from studio.publishing.export_worker import end_of_turn_ids, eos_ids
 
     tokenizer = AutoTokenizer.from_pretrained(demo_model_source)
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")

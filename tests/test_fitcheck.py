@@ -2,9 +2,9 @@
 
 import pytest
 
-from studio.fitcheck import GIB, estimate, peak_tflops
-from studio.models import catalog_entry
-from studio.presets import build_config
+from studio.models.catalog import catalog_entry
+from studio.training.fitcheck import GIB, estimate, peak_tflops
+from studio.training.presets import build_config
 
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
 STATS = {"rows": 1000, "mean_tokens": 300, "max_tokens": 2048}

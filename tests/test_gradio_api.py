@@ -56,7 +56,7 @@ def studio(trained_run):
     """The studio on the session's trained workspace; the endpoints started here are stopped at the end."""
     from gradio_client import Client
 
-    from studio import endpoints
+    from studio.serving import endpoints
 
     ws = trained_run.ws
     before = {ep.id for ep in endpoints.list_endpoints(ws)}

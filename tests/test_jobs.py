@@ -12,9 +12,9 @@ import psutil
 import pytest
 from conftest import save_qa_dataset
 
-from studio import jobs
-from studio.errors import Conflict, NotFound, ResourceError
-from studio.presets import build_config
+from studio.core.errors import Conflict, NotFound, ResourceError
+from studio.training import runs as jobs
+from studio.training.presets import build_config
 
 
 @pytest.fixture
@@ -225,14 +225,14 @@ def test_a_run_cancelled_before_it_could_save_anything_ends_cancelled(ws, datase
 
 def test_admission_on_a_full_gpu_asks_the_endpoints_to_unload_and_says_so(ws, dataset, monkeypatch):
     """The CUDA-only branch, with the GPU list of a machine whose GPU is nearly full (no GPU here)."""
-    import studio.endpoints
-    import studio.system
+    import studio.core.system
+    import studio.serving.endpoints
 
     asked = []
-    monkeypatch.setattr(studio.system, "gpus", lambda: [{"index": 0, "name": "NVIDIA L4", "memory_free_gb": 0.05,
+    monkeypatch.setattr(studio.core.system, "gpus", lambda: [{"index": 0, "name": "NVIDIA L4", "memory_free_gb": 0.05,
                                                         "memory_total_gb": 24.0}])
-    real_stop = studio.endpoints.stop_local_endpoints
-    monkeypatch.setattr(studio.endpoints, "stop_local_endpoints",
+    real_stop = studio.serving.endpoints.stop_local_endpoints
+    monkeypatch.setattr(studio.serving.endpoints, "stop_local_endpoints",
                         lambda w, reason: asked.append(reason) or real_stop(w, reason))
     run = _submit(ws, dataset, "r")
     jobs.admit(ws, run, 0)

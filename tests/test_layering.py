@@ -25,7 +25,7 @@ def test_no_core_module_imports_gradio():
 
 
 def test_cli_import_leaves_gradio_and_torch_unloaded():
-    code = "import sys, studio.cli, studio.workspace; studio.cli.build_parser(); " \
+    code = "import sys, studio.cli, studio.core.workspace; studio.cli.build_parser(); " \
            "print('gradio' in sys.modules, 'torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

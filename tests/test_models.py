@@ -2,8 +2,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from studio.errors import InvalidInput, ModelUnavailable
-from studio.models import catalog, catalog_entry, model_shape, resolve
+from studio.core.errors import InvalidInput, ModelUnavailable
+from studio.models.catalog import catalog, catalog_entry, model_shape, resolve
 
 
 def test_catalog_is_valid_and_covers_the_families():
@@ -53,7 +53,7 @@ def test_demo_tiny_round_trips_and_generates(ws):
 
 
 def test_demo_tiny_is_built_on_first_use(tmp_path):
-    from studio.workspace import Workspace
+    from studio.core.workspace import Workspace
 
     fresh = Workspace.open(tmp_path / "fresh")
     path = resolve(fresh, "demo-tiny").source

@@ -2,9 +2,16 @@
 
 import pytest
 
-from studio.config import TrainConfig
-from studio.errors import InvalidInput, NotFound
-from studio.presets import DEFAULT_PRESET, build_config, load_preset, parse_overrides, parse_preset, preset_names
+from studio.core.errors import InvalidInput, NotFound
+from studio.training.config import TrainConfig
+from studio.training.presets import (
+    DEFAULT_PRESET,
+    build_config,
+    load_preset,
+    parse_overrides,
+    parse_preset,
+    preset_names,
+)
 
 EXPECTED = {"quick-test", "balanced", "quality", "low-memory", "long-context"}
 

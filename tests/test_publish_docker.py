@@ -16,10 +16,10 @@ import yaml
 from conftest import free_port
 from test_publish_helpers import config_only_adapter, register_run
 
-from studio import endpoints
-from studio.errors import InvalidInput
-from studio.publish import deployments, pipeline
-from studio.publish.docker import TgiLaunch, compose_file, docker_argv, engine_status, tgi_args
+from studio.core.errors import InvalidInput
+from studio.publishing import deployments, pipeline
+from studio.publishing.docker import TgiLaunch, compose_file, docker_argv, engine_status, tgi_args
+from studio.serving import endpoints
 
 IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.6"
 
@@ -161,7 +161,7 @@ FAKE_DOCKER = """
         image_at = next(i for i, a in enumerate(args) if a.startswith("ghcr.io/"))
         tgi = args[image_at + 1:]
         model = tgi[tgi.index("--model-id") + 1].replace("/data", mount, 1)
-        argv = [sys.executable, "-m", "studio.serve", "--model", model, "--port", port,
+        argv = [sys.executable, "-m", "studio.serving.server", "--model", model, "--port", port,
                 "--max-total-tokens", tgi[tgi.index("--max-total-tokens") + 1]]
         log = open(state / "server.log", "ab")
         proc = subprocess.Popen(argv, stdout=log, stderr=log, start_new_session=True)

@@ -20,8 +20,8 @@ def register_run(ws, adapter_dir: Path, run_id: str = "run-20260101-000000-test"
     import datasets
     import yaml
 
+    from studio.core.db import now
     from studio.data.store import save_version
-    from studio.db import now
 
     if dataset_id is None:
         rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in QA]

@@ -14,9 +14,9 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from studio import endpoints
-from studio.errors import InvalidInput
-from studio.publish import deployments, pipeline
+from studio.core.errors import InvalidInput
+from studio.publishing import deployments, pipeline
+from studio.serving import endpoints
 
 GOOD_TOKEN = "hf_good"
 
@@ -205,7 +205,7 @@ def test_hub_push_merged_private_with_card_and_exact_files(trained_run, hub):
 
 
 def test_hub_refuses_a_wrong_token_with_the_fix(ws, hub):
-    from studio.publish.hub import HubTarget
+    from studio.publishing.targets.hub import HubTarget
 
     target = HubTarget.from_dict(ws, {"repo_id": "faq-bot", "token": "hf_wrong", "endpoint": hub.url})
     with pytest.raises(InvalidInput) as info:
@@ -219,7 +219,7 @@ def test_hub_refuses_a_wrong_token_with_the_fix(ws, hub):
 def test_inference_endpoint_created_from_the_pushed_repo_followed_until_running(trained_run, hub, monkeypatch):
     from huggingface_hub import constants
 
-    from studio.publish.source import finished_run
+    from studio.publishing.source import finished_run
 
     monkeypatch.setattr(constants, "INFERENCE_ENDPOINTS_ENDPOINT", f"{hub.url}/v2")
     ws, run_id = trained_run.ws, trained_run.run_id
@@ -254,8 +254,8 @@ def test_inference_endpoint_created_from_the_pushed_repo_followed_until_running(
 
 
 def test_hub_push_reports_an_unreachable_hub(ws):
-    from studio.errors import ModelUnavailable
-    from studio.publish.hub import HubTarget, hub_errors
+    from studio.core.errors import ModelUnavailable
+    from studio.publishing.targets.hub import HubTarget, hub_errors
 
     target = HubTarget.from_dict(ws, {"repo_id": "me/faq-bot", "token": GOOD_TOKEN, "endpoint": "http://127.0.0.1:9"})
     with pytest.raises(ModelUnavailable) as info:

@@ -14,10 +14,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from conftest import free_port
 
-from studio import endpoints
-from studio.errors import InvalidInput, ModelUnavailable
-from studio.publish import deployments, pipeline
-from studio.publish.source import finished_run
+from studio.core.errors import InvalidInput, ModelUnavailable
+from studio.publishing import deployments, pipeline
+from studio.publishing.source import finished_run
+from studio.serving import endpoints
 
 pytestmark = pytest.mark.slow
 

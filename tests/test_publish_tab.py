@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from conftest import free_port
 
-from studio import endpoints
+from studio.serving import endpoints
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ def test_publish_tab_shows_the_plan_publishes_and_reverifies(trained_run, tab_cl
 
 def test_publish_tab_widgets_make_the_right_options(trained_run):
     """The tab's own formatting: option widgets → target options, plan and verification as text."""
-    from studio.publish import deployments, pipeline
+    from studio.publishing import deployments, pipeline
     from studio.ui.publish_tab import collect, plan_markdown, verification_markdown
 
     assert collect("tgi-docker", ["name", "port", "quantize", "max_total_tokens", "merged", "timeout"],

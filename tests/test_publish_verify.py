@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from conftest import free_port
 
-from studio.publish.verify import Served, format_verification, verify, word_diff
+from studio.publishing.verify import Served, format_verification, verify, word_diff
 
 STUDIO, BASE = "Refunds go to your card.", "zq zq zq"
 

@@ -217,7 +217,7 @@ def test_studio_serve_resolves_names_into_the_endpoint_command(ws, tmp_path, dem
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     argv = json.loads(out.stdout)["argv"]
-    assert argv[1:3] == ["-m", "studio.serve"] and f"faq={adapter}" in argv  # a run folder → its adapter/
+    assert argv[1:3] == ["-m", "studio.serving.server"] and f"faq={adapter}" in argv  # a run folder → its adapter/
     assert argv[argv.index("--model") + 1] == str(ws.models_dir / "demo-tiny")
     bad = subprocess.run([sys.executable, "-m", "studio", "serve", "--model", "demo-tiny", "--adapter", "faq",
                           "--dry-run", "--home", str(ws.home)], capture_output=True, text=True, timeout=120)
@@ -228,7 +228,7 @@ def test_endpoint_process_refuses_a_folder_without_an_adapter(tmp_path, demo_mod
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "studio.serve", "--model", str(demo_model_source), "--adapter",
+    out = subprocess.run([sys.executable, "-m", "studio.serving.server", "--model", str(demo_model_source), "--adapter",
                           f"x={tmp_path}", "--port", str(free_port())], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "holds no adapter_config.json" in out.stderr
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 
 # TGI 3.3's OpenAPI document (Apache-2.0), kept beside the endpoint it describes
-OPENAPI = Path(__file__).resolve().parents[1] / "studio" / "serve" / "tgi-openapi.json"
+OPENAPI = Path(__file__).resolve().parents[1] / "studio" / "serving" / "server" / "tgi-openapi.json"
 
 
 def make_adapter(base: Path, out: Path, seed: int) -> Path:
@@ -31,13 +31,13 @@ def make_adapter(base: Path, out: Path, seed: int) -> Path:
 
 
 class Server:
-    """`python -m studio.serve ...` in its own process, as the studio starts it."""
+    """`python -m studio.serving.server ...` in its own process, as the studio starts it."""
 
     def __init__(self, argv: list[str], port: int, log: Path):
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         with open(log, "wb") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "studio.serve", *argv, "--port", str(port)],
+            self.proc = subprocess.Popen([sys.executable, "-m", "studio.serving.server", *argv, "--port", str(port)],
                                          stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait(self, timeout: float = 120) -> Server:

@@ -8,9 +8,9 @@ import pytest
 import yaml
 from conftest import FAQ_PAIRS
 
-from studio import jobs
-from studio.presets import load_preset
+from studio.training import runs as jobs
 from studio.training.folder import RunFolder
+from studio.training.presets import load_preset
 
 STEPS = load_preset("quick-test").overrides["max_steps"]  # the trained_run fixture uses quick-test
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-from studio.errors import InvalidInput
-from studio.presets import build_config
+from studio.core.errors import InvalidInput
 from studio.training.failures import EmptyDataset, ModelLoadError, classify
+from studio.training.presets import build_config
 
 CFG = build_config("meta-llama/Llama-3.1-8B-Instruct", "ds-x", "balanced")
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"

@@ -10,8 +10,8 @@ import time
 import pytest
 from conftest import save_qa_dataset
 
-from studio import jobs
-from studio.presets import build_config
+from studio.training import runs as jobs
+from studio.training.presets import build_config
 
 pytestmark = pytest.mark.slow
 LR = 3e-3

@@ -4,9 +4,9 @@ import gradio as gr
 import pytest
 from conftest import save_qa_dataset
 
-from studio import jobs
-from studio.config import PRESET_FIELDS
-from studio.presets import load_preset
+from studio.training import runs as jobs
+from studio.training.config import PRESET_FIELDS
+from studio.training.presets import load_preset
 from studio.ui import runs_tab, train_tab
 from studio.ui.app import build_app
 

@@ -2,8 +2,8 @@ import threading
 
 import pytest
 
-from studio.errors import InvalidInput
-from studio.workspace import FOLDERS, Workspace
+from studio.core.errors import InvalidInput
+from studio.core.workspace import FOLDERS, Workspace
 
 
 def test_open_creates_layout_from_env(studio_home):

@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from studio.errors import StudioError
+from studio.core.errors import StudioError
 
 
 @dataclass
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        from studio.workspace import Workspace
+        from studio.core.workspace import Workspace
 
         ws = Workspace.open(args.home)
         out = args.handler(args, ws)

@@ -40,7 +40,7 @@ def register(verbs, common) -> None:
 
 
 def _body(args, ws):
-    from studio.chat import Settings, build_messages, chat_body, open_target
+    from studio.serving.chat import Settings, build_messages, chat_body, open_target
 
     settings = Settings(system_prompt=args.system, temperature=args.temperature, top_p=args.top_p,
                         max_new_tokens=args.max_new_tokens, seed=args.seed).check()
@@ -50,7 +50,7 @@ def _body(args, ws):
 
 
 def run_ask(args, ws) -> Output | None:
-    from studio.chat import as_curl, as_python, complete_chat, stream_chat
+    from studio.serving.chat import as_curl, as_python, complete_chat, stream_chat
 
     target, body = _body(args, ws)
     if target.started:
@@ -69,8 +69,8 @@ def run_ask(args, ws) -> Output | None:
 
 
 def run_correct(args, ws) -> Output:
-    from studio.chat import build_messages
-    from studio.feedback import add_correction
+    from studio.evaluation.feedback import add_correction
+    from studio.serving.chat import build_messages
 
     messages = build_messages([], args.question, args.system)
     version = add_correction(ws, messages, args.corrected, rejected=args.rejected, run_id=args.run)

@@ -27,7 +27,7 @@ def register(verbs, common) -> None:
 
 
 def list_(args, ws) -> Output:
-    from studio.publish.deployments import list_deployments
+    from studio.publishing.deployments import list_deployments
 
     deps = list_deployments(ws, run_id=args.run, slot=args.slot)
     rows = [f"{'ID':<26} {'STATUS':<11} {'VERIFIED':<24} {'SLOT':<30} {'VERSION':<40} URL"]
@@ -38,7 +38,7 @@ def list_(args, ws) -> Output:
 
 
 def show_(args, ws) -> Output:
-    from studio.publish.deployments import curl_example, format_deployment, resolve
+    from studio.publishing.deployments import curl_example, format_deployment, resolve
 
     dep = resolve(ws, args.ref)
     return Output(dep.to_dict() | {"curl": curl_example(dep)}, format_deployment(dep))
@@ -49,16 +49,16 @@ def _secrets(args) -> dict:
 
 
 def verify_(args, ws) -> Output | None:
-    from studio.publish import pipeline
-    from studio.publish.deployments import curl_example, format_deployment
+    from studio.publishing import pipeline
+    from studio.publishing.deployments import curl_example, format_deployment
 
     dep = pipeline.reverify(ws, args.ref, _secrets(args), progress=_progress)
     return finish(args, dep.to_dict() | {"curl": curl_example(dep)}, format_deployment(dep), dep.status)
 
 
 def rollback_(args, ws) -> Output | None:
-    from studio.publish import pipeline
-    from studio.publish.deployments import curl_example, format_deployment
+    from studio.publishing import pipeline
+    from studio.publishing.deployments import curl_example, format_deployment
 
     dep = pipeline.rollback(ws, args.ref, _secrets(args), progress=_progress)
     return finish(args, dep.to_dict() | {"curl": curl_example(dep)}, format_deployment(dep), dep.status)

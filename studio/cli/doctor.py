@@ -11,7 +11,7 @@ def register(verbs, common) -> None:
 
 
 def run(args, ws) -> Output:
-    from studio.system import format_report, report
+    from studio.core.system import format_report, report
 
     facts = report(ws)
     return Output(facts, format_report(facts))

@@ -53,7 +53,7 @@ def describe(ep) -> str:
 
 
 def run_list(args, ws) -> Output:
-    from studio.endpoints import list_endpoints
+    from studio.serving.endpoints import list_endpoints
 
     found = list_endpoints(ws, include_stopped=not args.live)
     text = "\n".join(describe(e) for e in found) or "No endpoints. Start one: studio endpoints start --run RUN_ID"
@@ -61,7 +61,7 @@ def run_list(args, ws) -> Output:
 
 
 def run_start(args, ws) -> Output:
-    from studio.endpoints import parse_adapter_specs, start_endpoint, start_for_run
+    from studio.serving.endpoints import parse_adapter_specs, start_endpoint, start_for_run
     
     if args.run:
         ep = start_for_run(ws, args.run, port=args.port, wait=not args.no_wait, quantize=args.quantize)
@@ -72,21 +72,21 @@ def run_start(args, ws) -> Output:
 
 
 def run_stop(args, ws) -> Output:
-    from studio.endpoints import stop_endpoint
+    from studio.serving.endpoints import stop_endpoint
 
     ep = stop_endpoint(ws, args.endpoint)
     return Output(ep.model_dump(), describe(ep))
 
 
 def run_register(args, ws) -> Output:
-    from studio.endpoints import register_remote
+    from studio.serving.endpoints import register_remote
 
     ep = register_remote(ws, args.url, args.name, check=not args.no_check)
     return Output(ep.model_dump(), describe(ep))
 
 
 def run_remove(args, ws) -> Output:
-    from studio.endpoints import remove_endpoint
+    from studio.serving.endpoints import remove_endpoint
 
     ep = remove_endpoint(ws, args.endpoint)
     return Output(ep.model_dump(), f"removed {ep.id}")

@@ -60,7 +60,7 @@ def _scores(summary: dict) -> str:
 
 
 def run_eval(args, ws) -> Output:
-    from studio.evaluate import evaluate_run, read_golden
+    from studio.evaluation.runner import evaluate_run, read_golden
 
     golden = read_golden(args.golden) if args.golden else None
     ev = evaluate_run(ws, args.run_id, golden, golden_name=Path(args.golden).name if args.golden else "",
@@ -70,7 +70,7 @@ def run_eval(args, ws) -> Output:
 
 
 def run_list(args, ws) -> Output:
-    from studio.evaluate import list_evaluations
+    from studio.evaluation.runner import list_evaluations
 
     found = list_evaluations(ws, run_id=args.run)
     text = "\n".join(f"{e.id}  {e.run_id}  {e.kind:<7} {e.golden_set} ({e.golden_hash})  "
@@ -81,7 +81,7 @@ def run_list(args, ws) -> Output:
 
 
 def run_show(args, ws) -> Output:
-    from studio.evaluate import get_evaluation
+    from studio.evaluation.runner import get_evaluation
 
     ev = get_evaluation(ws, args.eval_id)
     items = ev.results()
@@ -94,7 +94,7 @@ def run_show(args, ws) -> Output:
 
 
 def run_compare(args, ws) -> Output:
-    from studio.evaluate import compare, get_evaluation, golden_hash, read_golden
+    from studio.evaluation.runner import compare, get_evaluation, golden_hash, read_golden
 
     source = args.source
     digest = golden_hash(read_golden(source)) if Path(source).is_file() else get_evaluation(ws, source).golden_hash
@@ -105,8 +105,8 @@ def run_compare(args, ws) -> Output:
 
 
 def run_ab(args, ws) -> Output:
-    from studio.errors import InvalidInput
-    from studio.evaluate import ab_pairs, ab_tally, ab_vote
+    from studio.core.errors import InvalidInput
+    from studio.evaluation.runner import ab_pairs, ab_tally, ab_vote
 
     if args.vote:
         try:

@@ -16,7 +16,7 @@ def register(verbs, common) -> None:
 
 
 def list_models(args, ws) -> Output:
-    from studio.models import catalog
+    from studio.models.catalog import catalog
 
     entries = [e.model_dump() for e in catalog()]
     lines = [f"{'model':<40}{'size':>8}  {'context':>8}  {'gated':<6}license"]
@@ -28,7 +28,7 @@ def list_models(args, ws) -> Output:
 
 
 def show_model(args, ws) -> Output:
-    from studio.models import model_shape, resolve
+    from studio.models.catalog import model_shape, resolve
 
     resolved = resolve(ws, args.name)
     shape = model_shape(ws, args.name) if resolved.local or resolved.entry else None

@@ -94,8 +94,8 @@ def format_plan(plan: dict) -> str:
 
 
 def run(args, ws) -> Output:
-    from studio.publish import pipeline
-    from studio.publish.deployments import curl_example, format_deployment
+    from studio.publishing import pipeline
+    from studio.publishing.deployments import curl_example, format_deployment
 
     options = options_from_args(args)
     if args.dry_run:

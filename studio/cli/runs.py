@@ -1,5 +1,5 @@
 """`studio runs`: list, show (and follow), cancel, resume, re-run and delete training runs, and `worker`
-to run the queue on a machine without the web studio. The same core calls as the Runs tab (studio.jobs).
+to run the queue on a machine without the web studio. The same core calls as the Runs tab (studio.training.runs).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def _row(run) -> dict:
 
 
 def run_list(args, ws) -> Output:
-    from studio import jobs
+    from studio.training import runs as jobs
 
     jobs.reconcile(ws)
     runs = jobs.list_runs(ws, args.status)
@@ -82,7 +82,7 @@ def run_list(args, ws) -> Output:
 
 
 def describe(ws, run_id: str, log_lines: int = 10) -> tuple[dict, str]:
-    from studio import jobs
+    from studio.training import runs as jobs
 
     jobs.reconcile(ws)
     run = jobs.get_run(ws, run_id)
@@ -119,7 +119,7 @@ def describe(ws, run_id: str, log_lines: int = 10) -> tuple[dict, str]:
 
 def follow(ws, run_id: str, *, schedule: bool = False, poll: float = 1.0, out=print) -> str:
     """Print each new event of the run until it ends; with schedule=True also run the queue here."""
-    from studio import jobs
+    from studio.training import runs as jobs
 
     printed = 0
     said_waiting = False
@@ -153,8 +153,8 @@ def follow(ws, run_id: str, *, schedule: bool = False, poll: float = 1.0, out=pr
 
 
 def _ended(ws, run_id: str) -> Output:
-    from studio import jobs
-    from studio.errors import StudioError
+    from studio.core.errors import StudioError
+    from studio.training import runs as jobs
 
     run = jobs.get_run(ws, run_id)
     if run.status == "failed":
@@ -180,7 +180,7 @@ def run_show(args, ws) -> Output | None:
 
 
 def run_cancel(args, ws) -> Output:
-    from studio import jobs
+    from studio.training import runs as jobs
 
     run = jobs.cancel(ws, args.id, wait=args.wait)
     if run.status == "running":
@@ -193,7 +193,7 @@ def run_cancel(args, ws) -> Output:
 
 
 def run_resume(args, ws) -> Output | None:
-    from studio import jobs
+    from studio.training import runs as jobs
 
     run = jobs.resume(ws, args.id)
     last = run.folder.last_checkpoint()
@@ -206,7 +206,7 @@ def run_resume(args, ws) -> Output | None:
 
 
 def run_rerun(args, ws) -> Output | None:
-    from studio import jobs
+    from studio.training import runs as jobs
 
     run = jobs.rerun(ws, args.id)
     if not args.wait:
@@ -217,14 +217,14 @@ def run_rerun(args, ws) -> Output | None:
 
 
 def run_rm(args, ws) -> Output:
-    from studio import jobs
+    from studio.training import runs as jobs
 
     jobs.delete(ws, args.id)
     return Output({"deleted": args.id}, f"Deleted run {args.id} and its files.")
 
 
 def run_worker(args, ws) -> Output | None:
-    from studio import jobs
+    from studio.training import runs as jobs
 
     if args.once:
         started = jobs.schedule(ws)

@@ -27,9 +27,9 @@ def register(verbs, common) -> None:
 
 
 def run(args, ws) -> Output | None:
-    from studio import jobs
     from studio.cli.runs import _ended, follow
-    from studio.presets import build_config, parse_overrides
+    from studio.training import runs as jobs
+    from studio.training.presets import build_config, parse_overrides
 
     overrides = parse_overrides(args.overrides)
     cfg = build_config(args.model, args.data, args.preset, overrides)

@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from studio.core.errors import InvalidInput
 from studio.data.ingest import SourceTable, read_table, release_memory
 from studio.data.mapping import MappingGuess, build_conversations, check_mapping, guess_mapping
-from studio.errors import InvalidInput
 
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
+    from studio.core.workspace import Workspace
     from studio.data.store import DatasetVersion
-    from studio.workspace import Workspace
 
 DEFAULT_BASE_MODEL = "demo-tiny"
 DEFAULT_VAL_FRACTION = 0.1
@@ -90,7 +90,7 @@ def inspect_file(path: str | Path, *, sheet: str | None = None, header: bool | N
 
 def default_max_length(ws: Workspace, base_model: str, tokenizer) -> int:
     """The model's context length (catalog, else the tokenizer's), capped at MAX_DEFAULT_LENGTH."""
-    from studio.models import catalog_entry
+    from studio.models.catalog import catalog_entry
 
     entry = catalog_entry(base_model)
     context = entry.context if entry else getattr(tokenizer, "model_max_length", 0) or 0
@@ -187,7 +187,7 @@ def prepare(
 def _tokenizer(ws: Workspace, base_model: str, template: str | None, max_length: int | None):
     """The base model's tokenizer with the chosen chat template set, the template's name, the max length."""
     from studio.data.templates import TEMPLATE_CHOICES, apply_template, default_template
-    from studio.models import load_tokenizer
+    from studio.models.catalog import load_tokenizer
 
     tokenizer = load_tokenizer(ws, base_model)
     template = (template or "").strip() or default_template(tokenizer)
@@ -292,7 +292,7 @@ class _Outcome:
 
 
 def _model_context(base_model: str, tokenizer) -> int | None:
-    from studio.models import catalog_entry
+    from studio.models.catalog import catalog_entry
 
     entry = catalog_entry(base_model)
     if entry:
@@ -449,7 +449,7 @@ def preview_version(ws: Workspace, dataset_id: str, rows: int = PREVIEW_ROWS) ->
     from studio.data.render import preview_tokens
     from studio.data.store import get_version, load_split
     from studio.data.templates import apply_template
-    from studio.models import load_tokenizer
+    from studio.models.catalog import load_tokenizer
 
     version = get_version(ws, dataset_id)
     tokenizer = apply_template(load_tokenizer(ws, version.base_model or DEFAULT_BASE_MODEL), version.template)

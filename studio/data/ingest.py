@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from studio.errors import InvalidInput
+from studio.core.errors import InvalidInput
 
 DEFAULT_MAX_MB = 512  # STUDIO_MAX_UPLOAD_MB overrides; 100k rows of ~300 tokens are ~135 MB of CSV
 MAX_CELL_CHARS = 100_000  # ~25k tokens: longer than any max length, so only a broken or hostile file has one

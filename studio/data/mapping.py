@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from studio.errors import InvalidInput
+from studio.core.errors import InvalidInput
 
 if TYPE_CHECKING:
     import pyarrow as pa

@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from studio.core.errors import InvalidInput
 from studio.data.ingest import MAX_COLUMNS, SourceTable, check_names, header_names, looks_like_header, sniff_encoding
-from studio.errors import InvalidInput
 
 # --- JSON / JSONL ---------------------------------------------------------------------------------
 

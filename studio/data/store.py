@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from studio.db import now
-from studio.errors import Conflict, NotFound
+from studio.core.db import now
+from studio.core.errors import Conflict, NotFound
 
 if TYPE_CHECKING:
     import datasets
 
-    from studio.workspace import Workspace
+    from studio.core.workspace import Workspace
 
 SPLITS = ("train", "val")
 

@@ -7,7 +7,7 @@ so that it trains on exactly what the Data tab's preview showed.
 
 from __future__ import annotations
 
-from studio.errors import InvalidInput
+from studio.core.errors import InvalidInput
 
 # ChatML as Qwen writes it; {% generation %} marks the answers for TRL's assistant_only_loss.
 CHATML = (

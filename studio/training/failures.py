@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from studio.config import TrainConfig
+    from studio.training.config import TrainConfig
 
 
 @dataclass
@@ -50,7 +50,7 @@ def classify(exc: BaseException, cfg: TrainConfig | None, run_dir: Path, model_n
     text = " ".join(str(e) for e in chain)
     lowered = text.lower()
 
-    from studio.errors import StudioError
+    from studio.core.errors import StudioError
 
     if isinstance(exc, StudioError):  # already a sentence and a fix (a bad template choice, a bad config)
         return Failure("bad_data" if exc.kind == "invalid_input" else exc.kind, exc.message, exc.fix or "")

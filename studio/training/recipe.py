@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from studio.config import TrainConfig
+from studio.training.config import TrainConfig
 
 if TYPE_CHECKING:
     import datasets

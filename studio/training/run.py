@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from studio.config import TrainConfig, load_yaml
+from studio.training.config import TrainConfig, load_yaml
 from studio.training.failures import EmptyDataset, ModelLoadError, classify
 from studio.training.folder import RunFolder, write_json_atomic
 

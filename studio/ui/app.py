@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from pathlib import Path
 
 import gradio as gr
 
 from studio import __version__
-from studio.workspace import Workspace
-
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
+from studio.core.paths import ASSETS
+from studio.core.workspace import Workspace
 
 # (tab label, module, what it is for, the issue that brings it)
 TABS = [

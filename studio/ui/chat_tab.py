@@ -14,9 +14,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio import chat, endpoints, feedback
-from studio.errors import StudioError
-from studio.workspace import Workspace
+from studio.core.errors import StudioError
+from studio.core.workspace import Workspace
+from studio.evaluation import feedback
+from studio.serving import chat, endpoints
 
 GUIDE = """### Chat with your tuned model beside the base model
 Pick a **finished run** (or an endpoint), type a question, press **Send**: the **left** pane answers with the
@@ -28,7 +29,7 @@ PANES = ("left", "right")
 
 def sources(ws: Workspace) -> list[tuple[str, str]]:
     """Finished runs with an adapter, then live or remote endpoints, as (label, value) choices."""
-    from studio.jobs import list_runs
+    from studio.training.runs import list_runs
 
     choices = []
     for run in list_runs(ws):
@@ -60,7 +61,7 @@ def model_choices(ws: Workspace, ref: str | None) -> tuple[list[str], str | None
     if not ref:
         return [], None, None
     if ref.startswith("run-"):
-        from studio.jobs import get_run
+        from studio.training.runs import get_run
 
         base = get_run(ws, ref).base_model
         return [base, ref], base, ref

@@ -14,15 +14,15 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from studio.core.errors import StudioError
+from studio.core.paths import SAMPLES
+from studio.core.workspace import Workspace
 from studio.data import importer, store
 from studio.data.mapping import ROLE_HELP
 from studio.data.report import figure, summary_line
 from studio.data.templates import TEMPLATE_HELP
-from studio.errors import StudioError
-from studio.models import catalog
-from studio.workspace import Workspace
+from studio.models.catalog import catalog
 
-SAMPLES = Path(__file__).resolve().parents[2] / "assets" / "samples"
 SAMPLE_FILES = ["support_faq.csv", "clinical_notes.csv"]
 NONE = "(none)"
 ROLES = ("instruction", "input", "output", "system", "messages")

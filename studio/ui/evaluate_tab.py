@@ -1,6 +1,6 @@
 """The Evaluate tab: score the tuned model against the base model on the expert's golden questions
 (uploaded or typed into the table) or on the run's held-out rows; compare runs on the same golden
-set; vote blind between the two answers. One core call per action (studio.evaluate)."""
+set; vote blind between the two answers. One core call per action (studio.evaluation.runner)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from studio import evaluate
-from studio.errors import StudioError
-from studio.workspace import Workspace
+from studio.core.errors import StudioError
+from studio.core.paths import SAMPLES
+from studio.core.workspace import Workspace
+from studio.evaluation import runner as evaluate
 
-SAMPLE = Path(__file__).resolve().parents[2] / "assets" / "samples" / "support_faq_golden.csv"
+SAMPLE = SAMPLES / "support_faq_golden.csv"
 GUIDE = """### Is the tuned model better than before, on your questions?
 Pick a **finished run**, then either write your own **golden set** (a question and the answer you expect) in
 the table, upload it as a CSV, or use the **held-out rows** the run never trained on. Both models answer every
@@ -26,7 +27,7 @@ GOLDEN = "My golden set (the table below)"
 
 
 def finished_runs(ws: Workspace) -> list[tuple[str, str]]:
-    from studio.jobs import list_runs
+    from studio.training.runs import list_runs
 
     return [(f"{r.name or r.id} ({r.id})", r.id) for r in list_runs(ws)
             if r.status in ("succeeded", "cancelled") and (Path(r.path) / "adapter" / "adapter_config.json").exists()]

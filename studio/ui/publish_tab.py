@@ -1,7 +1,7 @@
 """The Publish tab: pick a finished run and a target, see exactly what will happen, press Publish,
 follow the progress, get the URL, a curl example and the verification; list, re-verify and roll back.
 
-Thin: every handler is one call of studio.publish.pipeline / deployments, then formatting. The
+Thin: every handler is one call of studio.publishing.pipeline / deployments, then formatting. The
 option fields and their help text come from the targets' option models.
 """
 
@@ -12,12 +12,12 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from studio.errors import StudioError
-from studio.publish import deployments, pipeline
-from studio.publish.source import publishable_runs
-from studio.publish.targets import target_classes
-from studio.publish.verify import CAUSE_TEXT
-from studio.workspace import Workspace
+from studio.core.errors import StudioError
+from studio.core.workspace import Workspace
+from studio.publishing import deployments, pipeline
+from studio.publishing.source import publishable_runs
+from studio.publishing.targets.base import target_classes
+from studio.publishing.verify import CAUSE_TEXT
 
 GUIDE = """### Publish a tuned model
 1. Choose a **finished run** and **where** it should answer: this machine (the default, no Docker needed),

@@ -11,10 +11,10 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from studio import jobs
-from studio.errors import StudioError
+from studio.core.errors import StudioError
+from studio.core.workspace import Workspace
+from studio.training import runs as jobs
 from studio.training.folder import TERMINAL_STATES
-from studio.workspace import Workspace
 
 POLL_S = 2.0
 STATUS_COLOURS = {"queued": "#8a8f98", "running": "#4f46e5", "succeeded": "#15803d", "failed": "#b91c1c",

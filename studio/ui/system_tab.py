@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from studio.system import report
-from studio.workspace import Workspace
+from studio.core.system import report
+from studio.core.workspace import Workspace
 
 
 def render(facts: dict) -> str:

@@ -1,6 +1,6 @@
 """The Train tab: pick a dataset version, a base model and a preset; see and change the preset's settings;
 check that it fits this machine; start. The run then trains in the background, shown live below and in
-the Runs tab. Thin: each handler calls studio.presets / studio.jobs once and formats the result.
+the Runs tab. Thin: each handler calls studio.training.presets / studio.training.runs once and formats the result.
 """
 
 from __future__ import annotations
@@ -10,15 +10,15 @@ from typing import Any
 
 import gradio as gr
 
-from studio import jobs
-from studio.config import PRESET_FIELDS, TrainConfig, field_help
+from studio.core.errors import InvalidInput, StudioError
+from studio.core.workspace import Workspace
 from studio.data.store import list_versions
-from studio.errors import InvalidInput, StudioError
-from studio.fitcheck import FitEstimate, duration
-from studio.models import DEMO_MODEL, catalog, catalog_entry
-from studio.presets import DEFAULT_PRESET, build_config, load_preset, preset_names
+from studio.models.catalog import DEMO_MODEL, catalog, catalog_entry
+from studio.training import runs as jobs
+from studio.training.config import PRESET_FIELDS, TrainConfig, field_help
+from studio.training.fitcheck import FitEstimate, duration
+from studio.training.presets import DEFAULT_PRESET, build_config, load_preset, preset_names
 from studio.ui.runs_tab import POLL_S, default_run, poll_view, run_page
-from studio.workspace import Workspace
 
 GUIDE = """### Fine-tune a model on your data
 1. **Dataset**: a version saved in the Data tab.

@@ -1,0 +1,116 @@
+"""Corrections from the chat: a thumbs-down with the answer the expert wanted becomes a training row.
+
+Dataset versions are immutable, so each correction saves a new version through the store: the
+rows of the dataset the run was trained on (or of the previous feedback version made from it), plus
+every correction so far; its val split is the original's, so the next run is measured the same way.
+Without a run (a remote endpoint, the base model) the corrections form a dataset of their own.
+Every correction is also appended to evaluations/feedback.jsonl with the rejected answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import TYPE_CHECKING
+
+from studio.core.db import now
+from studio.core.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from studio.core.workspace import Workspace
+    from studio.data.store import DatasetVersion
+
+STANDALONE = "chat-corrections"
+
+
+def add_correction(
+    ws: Workspace,
+    messages: list[dict],
+    corrected: str,
+    *,
+    rejected: str = "",
+    run_id: str | None = None,
+    model: str = "",
+) -> DatasetVersion:
+    """Save `messages` (system?, user, assistant, ..., ending with the user's question) + `corrected`
+    as a new row; return the new dataset version that holds it."""
+    import datasets
+
+    from studio.data.store import list_versions, load_split, save_version
+
+    corrected = (corrected or "").strip()
+    context = [{"role": m["role"], "content": str(m["content"])} for m in messages if str(m.get("content", "")).strip()]
+    if not corrected:
+        raise InvalidInput("The corrected answer is empty.", "Write the answer the model should have given.")
+    if not context or context[-1]["role"] != "user":
+        raise InvalidInput("There is no question to attach the correction to.", "Ask the model something first.")
+    if rejected.strip() and corrected == rejected.strip():
+        raise InvalidInput("The corrected answer is the same as the model's.", "Change it to the answer you want.")
+    row = {"messages": [*context, {"role": "assistant", "content": corrected}]}
+
+    origin = _origin(ws, run_id)
+    previous = _latest_feedback(list_versions(ws), origin.id if origin else None)
+    start = previous or origin
+    if start is not None:
+        train = load_split(ws, start.id, "train").to_list()
+        val = load_split(ws, start.id, "val")
+        fields = {k: getattr(start, k) for k in ("base_model", "template", "system_prompt", "max_length")}
+        corrections = (previous.mapping.get("corrections", 0) if previous else 0) + 1
+        name = f"{origin.name if origin else STANDALONE} + {corrections} correction{'s' if corrections > 1 else ''}"
+    else:
+        train, val, fields, corrections, name = [], None, {}, 1, STANDALONE
+    train = [{"messages": [{"role": m["role"], "content": m["content"]} for m in r["messages"]]} for r in train]
+    train.append(row)
+    train_set = datasets.Dataset.from_list(train)
+    if val is None or len(val) == 0:
+        val = train_set.select([])  # no held-out rows, but the same column
+    digest = hashlib.sha256(json.dumps(["feedback", origin.id if origin else None, train,
+                                        val.to_list()], ensure_ascii=False).encode()).hexdigest()
+    mapping = {"feedback_of": origin.id if origin else None, "corrections": corrections}
+    version, _ = save_version(
+        ws, content_hash=digest, name=name, train=train_set, val=val,
+        source_name=f"chat corrections ({run_id or model or 'endpoint'})", source_format="feedback",
+        mapping=mapping, **fields,
+    )
+    _log(ws, {"at": now(), "run_id": run_id, "model": model, "messages": context, "rejected": rejected,
+              "corrected": corrected, "dataset_id": version.id})
+    return version
+
+
+def _origin(ws: Workspace, run_id: str | None) -> DatasetVersion | None:
+    """The dataset a run was trained on, when it still exists (and is not itself feedback-derived)."""
+    if not run_id:
+        return None
+    from studio.core.errors import NotFound
+    from studio.data.store import get_version
+    from studio.training.runs import get_run
+
+    try:
+        version = get_version(ws, get_run(ws, run_id).dataset_id)
+    except NotFound:
+        return None
+    root = version.mapping.get("feedback_of") if version.source_format == "feedback" else None
+    if root:
+        try:
+            return get_version(ws, root)
+        except NotFound:
+            return version
+    return version
+
+
+def _latest_feedback(versions: list[DatasetVersion], origin_id: str | None) -> DatasetVersion | None:
+    """The feedback version with the most corrections made from this origin (each one holds all earlier)."""
+    made = [v for v in versions if v.source_format == "feedback" and v.mapping.get("feedback_of") == origin_id]
+    return max(made, key=lambda v: v.mapping.get("corrections", 0), default=None)
+
+
+def _log(ws: Workspace, record: dict) -> None:
+    with open(ws.evaluations_dir / "feedback.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def corrections(ws: Workspace) -> list[dict]:
+    path = ws.evaluations_dir / "feedback.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,464 @@
+"""Evaluation: is the tuned model better than the base model, on the expert's own questions?
+
+Both models answer a golden set (question, reference answer) or the run's held-out split through
+the run's endpoint (greedy, so the result is repeatable); each answer is scored against the
+reference (exact match, token F1, ROUGE-L), and held-out loss / perplexity come from the endpoint's
+prompt log-probabilities (TGI's `decoder_input_details`) on the run's val split. Results are kept
+in the evaluations table and evaluations/<id>/ so runs can be compared on the same golden set; a
+blind A/B mode lets the expert vote between the two answers without knowing which is which.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import random
+import re
+import secrets
+import string
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from studio.core.db import now
+from studio.core.errors import Conflict, InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    from studio.core.workspace import Workspace
+
+QUESTION_COLUMNS = ("question", "prompt", "input", "instruction", "query")
+REFERENCE_COLUMNS = ("reference_answer", "reference", "answer", "expected_answer", "expected", "output", "response")
+MODELS = ("base", "tuned")
+SCORES = ("exact_match", "token_f1", "rouge_l")
+PARALLEL_REQUESTS = 4  # the endpoint batches them: several at once finish sooner than one by one
+
+Progress = Callable[[float, str], None]
+
+
+# ---------------------------------------------------------------- scores
+
+
+def normalize(text: str) -> list[str]:
+    """Lower case, no punctuation, no articles, single spaces (as SQuAD's scorer does) -> words."""
+    text = text.lower()
+    text = "".join(" " if ch in string.punctuation else ch for ch in text)
+    return [w for w in text.split() if w not in ("a", "an", "the")]
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize(prediction) == normalize(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Harmonic mean of word precision and recall, counting repeated words (SQuAD's F1)."""
+    pred, ref = normalize(prediction), normalize(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1: the longest common word subsequence, as precision and recall."""
+    pred, ref = normalize(prediction), normalize(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    previous = [0] * (len(ref) + 1)
+    for word in pred:
+        current = [0]
+        for j, ref_word in enumerate(ref, 1):
+            current.append(previous[j - 1] + 1 if word == ref_word else max(previous[j], current[j - 1]))
+        previous = current
+    lcs = previous[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(pred), lcs / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def score(prediction: str, reference: str) -> dict[str, float]:
+    return {"exact_match": exact_match(prediction, reference), "token_f1": token_f1(prediction, reference),
+            "rouge_l": rouge_l(prediction, reference)}
+
+
+# ---------------------------------------------------------------- golden sets
+
+
+class GoldenItem(BaseModel):
+    question: str
+    reference: str
+    context: list[dict] = []  # earlier messages (system prompt, earlier turns) for held-out rows
+
+
+def _pick(header: list[str], names: tuple[str, ...]) -> int | None:
+    lowered = [re.sub(r"[\s-]+", "_", h.strip().lower()) for h in header]
+    return next((lowered.index(n) for n in names if n in lowered), None)
+
+
+def golden_from_rows(rows: list[list[Any]] | list[dict], source: str = "the table") -> list[GoldenItem]:
+    """Rows of (question, reference answer); blank rows are skipped, half-filled ones refused."""
+    items, problems = [], []
+    for number, row in enumerate(rows, 1):
+        if isinstance(row, dict):
+            values = list(row.values())
+        else:
+            values = list(row)
+        question = str(values[0] if values and values[0] is not None else "").strip()
+        reference = str(values[1] if len(values) > 1 and values[1] is not None else "").strip()
+        if question.lower() == "nan":
+            question = ""
+        if reference.lower() == "nan":
+            reference = ""
+        if not question and not reference:
+            continue
+        if not question or not reference:
+            problems.append(f"row {number}: the {'question' if not question else 'reference answer'} is empty")
+            continue
+        items.append(GoldenItem(question=question, reference=reference))
+    if problems:
+        more = f" ({len(problems) - 3} more like it)" if len(problems) > 3 else ""
+        raise InvalidInput(f"In {source}, {'; '.join(problems[:3])}{more}.",
+                           "Fill in both the question and the reference answer, or clear the row.")
+    if not items:
+        raise InvalidInput(f"{source.capitalize()} has no questions.",
+                           "Add rows with a question and the answer you expect.")
+    return items
+
+
+def read_golden(path: str | Path) -> list[GoldenItem]:
+    """A CSV (or JSONL) with a question column and a reference-answer column."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if path.suffix.lower() in (".jsonl", ".json"):
+        try:
+            records = [json.loads(line) for line in raw.decode("utf-8-sig").splitlines() if line.strip()]
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"{path.name} is not JSON lines ({exc}).", "Save one JSON object per line.") from exc
+        header = list(records[0]) if records else []
+        rows = [[r.get(k) for k in header] for r in records]
+    else:
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+        table = list(csv.reader(io.StringIO(text)))
+        header, rows = (table[0], table[1:]) if table else ([], [])
+    q, r = _pick(header, QUESTION_COLUMNS), _pick(header, REFERENCE_COLUMNS)
+    if q is None or r is None:
+        raise InvalidInput(
+            f"{path.name} needs a question column and a reference answer column; "
+            f"it has: {', '.join(header) or 'none'}.",
+            "Name them 'question' and 'reference_answer' (or 'answer').",
+        )
+    return golden_from_rows([[row[q] if q < len(row) else "", row[r] if r < len(row) else ""] for row in rows],
+                            source=path.name)
+
+
+def golden_hash(items: list[GoldenItem]) -> str:
+    payload = json.dumps([[i.context, i.question, i.reference] for i in items], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def heldout_items(ws: Workspace, dataset_id: str, limit: int) -> list[GoldenItem]:
+    """The run's val split as golden items: the conversation before the last answer, and that answer."""
+    from studio.data.store import load_split
+
+    rows = load_split(ws, dataset_id, "val")
+    items = []
+    for row in rows.select(range(min(limit, len(rows)))):
+        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        if len(messages) < 2 or messages[-1]["role"] != "assistant":
+            continue
+        last_user = messages[-2]["content"] if messages[-2]["role"] == "user" else ""
+        items.append(GoldenItem(question=last_user, reference=messages[-1]["content"], context=messages[:-2]))
+    return items
+
+
+# ---------------------------------------------------------------- evaluations
+
+
+class Evaluation(BaseModel):
+    id: str
+    run_id: str
+    golden_set: str
+    golden_hash: str
+    kind: str  # golden | heldout
+    created_at: str
+    summary: dict[str, Any]
+    path: str
+
+    @classmethod
+    def from_row(cls, row: dict) -> Evaluation:
+        row = dict(row)
+        row["summary"] = json.loads(row.pop("summary_json") or "{}")
+        return cls.model_validate({k: v for k, v in row.items() if v is not None})
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.path)
+
+    def results(self) -> list[dict]:
+        return json.loads((self.folder / "results.json").read_text())["items"]
+
+
+def evaluate_run(
+    ws: Workspace,
+    run_id: str,
+    golden: list[GoldenItem] | None = None,
+    *,
+    golden_name: str = "",
+    max_new_tokens: int = 128,
+    heldout_rows: int = 50,
+    progress: Progress | None = None,
+) -> Evaluation:
+    """Score the run's adapter against its base model and store the result.
+
+    golden=None evaluates on the run's held-out split. Uses the run's live endpoint if there is one,
+    else starts one and stops it afterwards."""
+    from studio.serving import endpoints
+    from studio.training import runs as jobs
+
+    progress = progress or (lambda fraction, text: None)
+    run = jobs.get_run(ws, run_id)
+    if run.status not in ("succeeded", "cancelled"):
+        raise Conflict(f"Run '{run_id}' has not finished (status: {run.status}).",
+                       "Evaluate it once it has succeeded.")
+    if not 1 <= max_new_tokens <= 4096:
+        raise InvalidInput(f"Max new tokens {max_new_tokens} is out of range.", "Use 1 to 4096.")
+    system_prompt = _system_prompt(ws, run.dataset_id)
+    kind = "golden" if golden else "heldout"
+    if golden is None:
+        golden = heldout_items(ws, run.dataset_id, heldout_rows)
+        golden_name = f"held-out split of {run.dataset_id}"
+        if not golden:
+            raise InvalidInput(f"Dataset {run.dataset_id} has no held-out rows to evaluate on.",
+                               "Upload a golden set (question, reference answer) instead.")
+    progress(0.02, "starting the endpoint")
+    already = endpoints.find_endpoint_for_run(ws, run_id)
+    endpoint = endpoints.start_for_run(ws, run_id)
+    try:
+        items = _answer_all(endpoint.url, {"base": endpoint.base_name, "tuned": run_id}, golden, system_prompt,
+                            max_new_tokens, progress)
+        progress(0.85, "held-out loss")
+        loss = _heldout_loss(ws, endpoint.url, run, heldout_rows)
+    finally:
+        if already is None:
+            endpoints.stop_endpoint(ws, endpoint.id)
+    summary = _summarize(items, loss, max_new_tokens)
+    evaluation = _store(ws, run_id, golden, golden_name or "golden set", kind, items, summary)
+    progress(1.0, "done")
+    return evaluation
+
+
+def _system_prompt(ws: Workspace, dataset_id: str) -> str:
+    from studio.data.store import get_version
+
+    try:
+        return get_version(ws, dataset_id).system_prompt or ""
+    except NotFound:
+        return ""
+
+
+def _answer_all(url: str, models: dict[str, str], golden: list[GoldenItem], system_prompt: str,
+                max_new_tokens: int, progress: Progress) -> list[dict]:
+    from studio.serving.chat import Settings, chat_body, complete_chat
+
+    settings = Settings(temperature=0.0, max_new_tokens=max_new_tokens)
+    tasks = []
+    for index, item in enumerate(golden):
+        context = item.context or ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+        messages = [*context, {"role": "user", "content": item.question}]
+        for which, model in models.items():
+            tasks.append((index, which, chat_body(model, messages, settings, stream=False)))
+    answers: dict[tuple[int, str], str] = {}
+    with ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
+        futures = {pool.submit(complete_chat, url, body): (index, which) for index, which, body in tasks}
+        for done, future in enumerate(as_completed(futures), 1):
+            answers[futures[future]] = future.result()
+            progress(0.05 + 0.8 * done / len(futures), f"answered {done} of {len(futures)}")
+    return [
+        {"question": item.question, "reference": item.reference, "context": item.context,
+         **{which: {"answer": answers[(i, which)], **score(answers[(i, which)], item.reference)} for which in models}}
+        for i, item in enumerate(golden)
+    ]
+
+
+def _heldout_loss(ws: Workspace, url: str, run, limit: int) -> dict[str, Any]:
+    """Mean loss per answer token (and perplexity) of each model on the run's val split."""
+    from huggingface_hub.errors import ValidationError
+
+    from studio.data.store import load_split
+    from studio.serving import endpoints
+    from studio.serving.chat import client
+
+    rows = load_split(ws, run.dataset_id, "val")
+    if len(rows) == 0:
+        return {"rows": 0, "tokens": 0}
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(endpoints.run_adapter_dir(ws, run.id))
+    inference = client(url)
+    totals = {which: 0.0 for which in MODELS}
+    tokens = used = 0
+    for row in rows.select(range(min(limit, len(rows)))):
+        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        n_answer = len(tokenizer(full, add_special_tokens=False)["input_ids"]) - n_prompt
+        if not full.startswith(prompt) or n_answer <= 0:
+            continue
+        try:
+            nll = {}
+            for which, adapter in (("base", None), ("tuned", run.id)):
+                out = inference.text_generation(full, max_new_tokens=1, details=True, decoder_input_details=True,
+                                                adapter_id=adapter)
+                answer = out.details.prefill[-n_answer:]  # the answer's tokens are the last ones of the prompt
+                nll[which] = -sum(t.logprob for t in answer if t.logprob is not None)
+        except ValidationError:  # longer than the endpoint's context: left out of the loss
+            continue
+        for which in MODELS:
+            totals[which] += nll[which]
+        tokens += n_answer
+        used += 1
+    if not tokens:
+        return {"rows": 0, "tokens": 0}
+    result: dict[str, Any] = {"rows": used, "tokens": tokens}
+    for which in MODELS:
+        loss = totals[which] / tokens
+        result[which] = {"loss": round(loss, 4), "perplexity": round(math.exp(min(loss, 50)), 2)}
+    return result
+
+
+def _summarize(items: list[dict], loss: dict[str, Any], max_new_tokens: int) -> dict[str, Any]:
+    summary: dict[str, Any] = {"questions": len(items), "max_new_tokens": max_new_tokens,
+                               "heldout_rows": loss.get("rows", 0), "heldout_tokens": loss.get("tokens", 0)}
+    for which in MODELS:
+        summary[which] = {s: round(sum(i[which][s] for i in items) / len(items), 4) for s in SCORES}
+        summary[which].update(loss.get(which, {}))
+    wins = Counter("tuned" if i["tuned"]["token_f1"] > i["base"]["token_f1"] else
+                   "base" if i["base"]["token_f1"] > i["tuned"]["token_f1"] else "tie" for i in items)
+    summary["better_f1"] = {k: wins.get(k, 0) for k in ("tuned", "base", "tie")}
+    return summary
+
+
+def _store(ws: Workspace, run_id: str, golden: list[GoldenItem], name: str, kind: str, items: list[dict],
+           summary: dict) -> Evaluation:
+    eval_id = time.strftime("ev-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+    folder = ws.evaluations_dir / eval_id
+    folder.mkdir(parents=True)
+    with open(folder / "golden.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["question", "reference_answer"])
+        writer.writerows([[i.question, i.reference] for i in golden])
+    (folder / "results.json").write_text(json.dumps({"summary": summary, "items": items}, indent=2,
+                                                    ensure_ascii=False))
+    evaluation = Evaluation(id=eval_id, run_id=run_id, golden_set=name, golden_hash=golden_hash(golden), kind=kind,
+                            created_at=now(), summary=summary, path=str(folder))
+    with ws.db() as db:
+        db["evaluations"].insert({**evaluation.model_dump(exclude={"summary"}),
+                                  "summary_json": json.dumps(summary)})
+    return evaluation
+
+
+def get_evaluation(ws: Workspace, eval_id: str) -> Evaluation:
+    with ws.db() as db:
+        rows = list(db["evaluations"].rows_where("id = ?", [eval_id]))
+    if not rows:
+        raise NotFound(f"There is no evaluation '{eval_id}'.", "See `studio eval list` for the evaluations.")
+    return Evaluation.from_row(rows[0])
+
+
+def list_evaluations(ws: Workspace, run_id: str | None = None, golden: str | None = None) -> list[Evaluation]:
+    """Newest first; `golden` is a golden-set hash: every evaluation on exactly those questions."""
+    clauses, args = [], []
+    if run_id:
+        clauses.append("run_id = ?")
+        args.append(run_id)
+    if golden:
+        clauses.append("golden_hash = ?")
+        args.append(golden)
+    with ws.db() as db:
+        rows = list(db["evaluations"].rows_where(" and ".join(clauses) or None, args,
+                                                 order_by="created_at desc, rowid desc"))
+    return [Evaluation.from_row(r) for r in rows]
+
+
+def compare(ws: Workspace, golden: str) -> list[dict]:
+    """One row per evaluation on the same golden set: the tuned model's scores beside the base's."""
+    rows = []
+    for ev in list_evaluations(ws, golden=golden):
+        s = ev.summary
+        rows.append({
+            "evaluation": ev.id, "run": ev.run_id, "date": ev.created_at, "questions": s.get("questions"),
+            **{f"tuned {k}": s.get("tuned", {}).get(k) for k in (*SCORES, "loss", "perplexity")},
+            **{f"base {k}": s.get("base", {}).get(k) for k in (*SCORES, "loss", "perplexity")},
+            "A/B votes for tuned": (s.get("ab") or {}).get("tuned"),
+        })
+    return rows
+
+
+# ---------------------------------------------------------------- blind A/B
+
+
+def ab_pairs(ws: Workspace, eval_id: str) -> list[dict]:
+    """The evaluation's questions in a shuffled order, each with its two answers in a random order.
+
+    Created once and kept (ab.json), so a vote can be given later and a reload shows the same pairs."""
+    evaluation = get_evaluation(ws, eval_id)
+    path = evaluation.folder / "ab.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    items = evaluation.results()
+    rng = random.Random(eval_id)
+    order = list(range(len(items)))
+    rng.shuffle(order)
+    pairs = []
+    for index in order:
+        item = items[index]
+        first = rng.choice(MODELS)
+        second = "base" if first == "tuned" else "tuned"
+        pairs.append({"item": index, "question": item["question"], "a": item[first]["answer"],
+                      "b": item[second]["answer"], "a_is": first, "vote": None})
+    path.write_text(json.dumps(pairs, indent=2, ensure_ascii=False))
+    return pairs
+
+
+def ab_vote(ws: Workspace, eval_id: str, pair: int, choice: str) -> dict[str, int]:
+    """Record the expert's vote for pair `pair` ("a", "b" or "tie"); return the tally so far."""
+    if choice not in ("a", "b", "tie"):
+        raise InvalidInput(f"'{choice}' is not a vote.", "Vote a, b or tie.")
+    pairs = ab_pairs(ws, eval_id)
+    if not 0 <= pair < len(pairs):
+        raise InvalidInput(f"There is no pair {pair + 1}; this evaluation has {len(pairs)}.", "Pick one in range.")
+    pairs[pair]["vote"] = choice
+    evaluation = get_evaluation(ws, eval_id)
+    (evaluation.folder / "ab.json").write_text(json.dumps(pairs, indent=2, ensure_ascii=False))
+    tally = ab_tally(pairs)
+    summary = {**evaluation.summary, "ab": tally}
+    with ws.db() as db:
+        db["evaluations"].update(eval_id, {"summary_json": json.dumps(summary)})
+    return tally
+
+
+def ab_tally(pairs: list[dict]) -> dict[str, int]:
+    tally = Counter()
+    for p in pairs:
+        if p["vote"] == "tie":
+            tally["tie"] += 1
+        elif p["vote"] in ("a", "b"):
+            tally[p["a_is"] if p["vote"] == "a" else ("base" if p["a_is"] == "tuned" else "tuned")] += 1
+    voted = sum(tally.values())
+    return {"tuned": tally["tuned"], "base": tally["base"], "tie": tally["tie"], "voted": voted,
+            "total": len(pairs)}

@@ -1,0 +1,160 @@
+"""The deployments registry: each publish recorded with its slot (where it went), URL, model version
+(run id and export hash), verification result and times; the chain of previous versions per slot
+is what rollback walks back along.
+
+Statuses: publishing → healthy | unhealthy (verification) | manual (waits for you to start it) |
+failed (the publish itself failed); later replaced (a newer publish took the slot) or rolled_back.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from studio.core.db import now
+from studio.core.errors import NotFound
+
+if TYPE_CHECKING:
+    from studio.core.workspace import Workspace
+
+LIVE = ("healthy", "unhealthy", "manual")
+
+
+@dataclass
+class Deployment:
+    id: str
+    run_id: str
+    target: str
+    slot: str
+    status: str
+    created_at: str
+    url: str | None = None
+    model_version: str | None = None
+    export_hash: str | None = None
+    export_id: str | None = None
+    model_name: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # {"options": public, "served": ..., "details": ...}
+    verification: dict[str, Any] = field(default_factory=dict)
+    previous_id: str | None = None
+    error: str | None = None
+    updated_at: str | None = None
+
+    @classmethod
+    def from_row(cls, row: dict) -> Deployment:
+        row = dict(row)
+        row["options"] = json.loads(row.pop("options_json", None) or "{}")
+        row["verification"] = json.loads(row.pop("verification_json", None) or "{}")
+        return cls(**{k: row.get(k) for k in cls.__dataclass_fields__ if k in row})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @property
+    def verdict(self) -> str:
+        return self.verification.get("verdict", "not run")
+
+
+def _to_row(values: dict[str, Any]) -> dict[str, Any]:
+    row = dict(values)
+    if "options" in row:
+        row["options_json"] = json.dumps(row.pop("options"), default=str)
+    if "verification" in row:
+        row["verification_json"] = json.dumps(row.pop("verification"), default=str)
+    return row
+
+
+def create(ws: Workspace, *, run_id: str, target: str, slot: str, **fields: Any) -> Deployment:
+    dep_id = f"dep-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    values = {"id": dep_id, "run_id": run_id, "target": target, "slot": slot, "status": "publishing",
+              "created_at": now(), "updated_at": now(), **fields}
+    with ws.db() as db:
+        db["deployments"].insert(_to_row(values))
+    return get_deployment(ws, dep_id)
+
+
+def update(ws: Workspace, dep_id: str, **fields: Any) -> Deployment:
+    with ws.db() as db:
+        db["deployments"].update(dep_id, _to_row({**fields, "updated_at": now()}))
+    return get_deployment(ws, dep_id)
+
+
+def get_deployment(ws: Workspace, dep_id: str) -> Deployment:
+    with ws.db() as db:
+        rows = list(db["deployments"].rows_where("id = ?", [dep_id]))
+    if not rows:
+        raise NotFound(f"There is no deployment '{dep_id}'.", "See `studio deployments list`.")
+    return Deployment.from_row(rows[0])
+
+
+def list_deployments(ws: Workspace, *, run_id: str | None = None, slot: str | None = None) -> list[Deployment]:
+    where, args = [], []
+    if run_id:
+        where.append("run_id = ?")
+        args.append(run_id)
+    if slot:
+        where.append("slot = ?")
+        args.append(slot)
+    with ws.db() as db:
+        rows = list(db["deployments"].rows_where(" and ".join(where) or None, args,
+                                                 order_by="created_at desc, rowid desc"))
+    return [Deployment.from_row(r) for r in rows]
+
+
+def live_in_slot(ws: Workspace, slot: str) -> Deployment | None:
+    """What currently occupies a slot: its newest deployment that is healthy, unhealthy or manual."""
+    return next((d for d in list_deployments(ws, slot=slot) if d.status in LIVE), None)
+
+
+def resolve(ws: Workspace, ref: str) -> Deployment:
+    """A deployment by id, or the newest deployment of a slot (e.g. 'local:published', 'hub:me/model')."""
+    ref = (ref or "").strip()
+    if ref.startswith("dep-"):
+        return get_deployment(ws, ref)
+    found = [d for d in list_deployments(ws, slot=ref) if d.status not in ("replaced", "rolled_back")]
+    if not found:
+        raise NotFound(f"There is no deployment '{ref}' (neither an id nor a slot with a current deployment).",
+                       "See `studio deployments list` for ids and slots.")
+    return found[0]
+
+
+def curl_example(dep: Deployment, question: str = "Hello, what can you help me with?") -> str:
+    """A copy-paste request against the deployment's chat endpoint (None-free: the Hub has none)."""
+    served = dep.options.get("served") or {}
+    url = served.get("url") or dep.url
+    if not url or dep.target == "hub":
+        return ""
+    body = {"model": served.get("model") or "tgi", "messages": [{"role": "user", "content": question}],
+            "max_tokens": 200, "temperature": 0}
+    auth = ""
+    if served.get("api_key_set") or dep.target == "inference-endpoint":
+        auth = ' -H "Authorization: Bearer $' + ("HF_TOKEN" if dep.target == "inference-endpoint" else "API_KEY") \
+               + '"'
+    return (f"curl {url.rstrip('/')}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
+            f"-d '{json.dumps(body)}'")
+
+
+def format_deployment(dep: Deployment) -> str:
+    """The deployment as a few plain lines: where, what, how healthy, how to call it."""
+    from studio.publishing.verify import format_verification
+
+    lines = [f"Deployment {dep.id}: {dep.status}",
+             f"  target   {dep.target} ({dep.slot})",
+             f"  url      {dep.url or '-'}",
+             f"  version  {dep.model_version} (export {dep.export_id})",
+             f"  created  {dep.created_at}" + (f", replaces {dep.previous_id}" if dep.previous_id else "")]
+    details = dep.options.get("details") or {}
+    if details.get("command_text"):
+        lines.append(f"  command  {details['command_text']}")
+        lines.append(f"  compose  {details.get('compose_file')}")
+    if dep.error and dep.status == "failed":
+        lines.append(f"  error    {dep.error}")
+    if dep.verification:
+        lines.append(format_verification(dep.verification) if dep.verification.get("items") is not None
+                     and dep.verdict != "not_run" else f"Verification: not run — {dep.verification.get('summary')}")
+    curl = curl_example(dep)
+    if curl:
+        lines += ["Try it:", f"  {curl}"]
+    return "\n".join(lines)

@@ -1,0 +1,275 @@
+"""Exports as background jobs, studio side: check the disk, write job.json, start the export process
+(studio/publish/export_worker.py) from an argv list, follow its events, record the outcome in SQLite.
+
+An export folder `exports/<id>/` holds job.json, events.jsonl, export.log, status.json, reference.json
+(the studio model's greedy replies used by verification), manifest.json and model/ (what is published).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from studio.core.db import now
+from studio.core.errors import InvalidInput, NotFound, ResourceError, StudioError
+
+if TYPE_CHECKING:
+    from studio.core.workspace import Workspace
+    from studio.publishing.source import RunSource
+
+ExportKind = Literal["merged", "adapter"]
+KINDS = ("merged", "adapter")
+MARGIN_BYTES = 64 * 1024 * 1024  # tokenizer, card, logs, and some slack for the filesystem
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class Export:
+    id: str
+    run_id: str
+    kind: str
+    status: str
+    path: str
+    export_hash: str | None = None
+    bytes: int | None = None
+    dtype: str | None = None
+    pid: int | None = None
+    proc_start: float | None = None
+    created_at: str = ""
+    finished_at: str | None = None
+    error: str | None = None
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.path)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.folder / "model"
+
+    @property
+    def version(self) -> str:
+        """The model version a deployment records: run id and the first 12 hex digits of the export hash."""
+        return f"{self.run_id}@{(self.export_hash or '')[:12]}"
+
+    def reference(self) -> dict[str, Any]:
+        path = self.folder / "reference.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"prompts": []}
+
+    def events(self) -> list[dict]:
+        path = self.folder / "events.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+
+def _row_to_export(row: dict) -> Export:
+    return Export(**{k: row.get(k) for k in Export.__dataclass_fields__})
+
+
+def get_export(ws: Workspace, export_id: str) -> Export:
+    with ws.db() as db:
+        rows = list(db["exports"].rows_where("id = ?", [export_id]))
+    if not rows:
+        raise NotFound(f"There is no export '{export_id}'.", "See `studio publish --help` to make one.")
+    return refresh(ws, _row_to_export(rows[0]))
+
+
+def list_exports(ws: Workspace, run_id: str | None = None) -> list[Export]:
+    with ws.db() as db:
+        if run_id:
+            rows = list(db["exports"].rows_where("run_id = ?", [run_id], order_by="created_at desc"))
+        else:
+            rows = list(db["exports"].rows_where(order_by="created_at desc"))
+    return [refresh(ws, _row_to_export(r)) for r in rows]
+
+
+def estimate_bytes(ws: Workspace, source: RunSource, kind: str) -> int:
+    """What the export will write: the adapter folder, or the base weights in their own dtype (a merge
+    keeps the base's shapes and dtype), plus the margin."""
+    adapter = sum(p.stat().st_size for p in source.adapter_dir.rglob("*") if p.is_file())
+    if kind == "adapter":
+        return adapter + MARGIN_BYTES
+    from studio.models.catalog import catalog_entry, resolve
+
+    resolved = resolve(ws, source.base_model)
+    if resolved.local:
+        folder = Path(resolved.source)
+        weights = sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+        return weights + MARGIN_BYTES
+    entry = catalog_entry(source.base_model)
+    params = (entry.params_b if entry else 0) * 1e9
+    return int(params * 2) + MARGIN_BYTES  # the catalog's hub models are bf16 releases
+
+
+def check_disk(ws: Workspace, needed: int, what: str) -> None:
+    free = shutil.disk_usage(ws.exports_dir).free
+    if free < needed:
+        raise ResourceError(
+            f"Not enough disk space for {what}: it needs about {needed / 1e9:.2f} GB and the workspace drive "
+            f"has {free / 1e9:.2f} GB free.",
+            f"Free at least {(needed - free) / 1e9:.2f} GB on the drive of {ws.home}, delete old exports, or "
+            "export the adapter alone (a few MB).",
+        )
+
+
+def start_export(
+    ws: Workspace,
+    source: RunSource,
+    kind: str,
+    *,
+    prompts: list[list[dict]],
+    expected: list[str | None] | None = None,
+    card: dict | None = None,
+    shard_size: str = "2GB",
+    max_new_tokens: int | None = None,
+) -> Export:
+    """Start the export process for a finished run; returns at once (status 'running')."""
+    if kind not in KINDS:
+        raise InvalidInput(f"'{kind}' is not a kind of export.", "Choose 'merged' or 'adapter'.")
+    from studio.models.catalog import resolve
+
+    check_disk(ws, estimate_bytes(ws, source, kind),
+               "the merged model" if kind == "merged" else "the adapter")
+    export_id = f"exp-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    folder = ws.exports_dir / export_id
+    folder.mkdir(parents=True)
+    job = {
+        "export_id": export_id, "run_id": source.run_id, "kind": kind,
+        "base_source": resolve(ws, source.base_model).source, "adapter_dir": str(source.adapter_dir),
+        "prompts": prompts, "expected": expected or [], "card": card or {}, "shard_size": shard_size,
+        "max_new_tokens": max_new_tokens,
+        "reference_from": recorded_reference(ws, source.run_id, prompts, max_new_tokens),
+    }
+    (folder / "job.json").write_text(json.dumps(job, indent=2), encoding="utf-8")
+    with ws.db() as db:
+        db["exports"].insert({"id": export_id, "run_id": source.run_id, "kind": kind, "status": "running",
+                              "path": str(folder), "created_at": now()})
+    argv = [sys.executable, "-m", "studio.publishing.export_worker", str(folder)]
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    with open(folder / "export.log", "ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env, cwd=str(folder))
+    import psutil
+
+    try:
+        started = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        started = None
+    with ws.db() as db:
+        db["exports"].update(export_id, {"pid": proc.pid, "proc_start": started})
+    return get_export(ws, export_id)
+
+
+def recorded_reference(ws: Workspace, run_id: str, prompts: list, max_new_tokens: int | None) -> str | None:
+    """reference.json of an earlier export of this run made with the same prompts: its replies are
+    the same (a run's adapter never changes), so the new export need not generate them again."""
+    if not prompts:
+        return None
+    for export in list_exports(ws, run_id):
+        if export.status != "succeeded":
+            continue
+        reference = export.reference()
+        if [p["messages"] for p in reference.get("prompts", [])] == prompts and (
+                max_new_tokens is None or reference.get("max_new_tokens") == max_new_tokens):
+            return str(export.folder / "reference.json")
+    return None
+
+
+def _alive(export: Export) -> bool:
+    import psutil
+
+    if not export.pid:
+        return False
+    try:
+        os.waitpid(export.pid, os.WNOHANG)  # reap our own child, if it is one and has ended
+    except ChildProcessError:
+        pass
+    try:
+        proc = psutil.Process(export.pid)
+        if export.proc_start and abs(proc.create_time() - export.proc_start) > 1:
+            return False  # the pid was reused by another process
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def refresh(ws: Workspace, export: Export) -> Export:
+    """Fold the export process's status.json (or its death) into the registry row."""
+    if export.status != "running":
+        return export
+    status_path = export.folder / "status.json"
+    status = json.loads(status_path.read_text()) if status_path.exists() else {}
+    state = status.get("state")
+    if state == "running" and _alive(export):
+        return export
+    if state not in ("succeeded", "failed"):
+        if _alive(export):
+            return export
+        log = export.folder / "export.log"
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+        status = {"state": "failed", "error": "The export process ended without saying why"
+                  + (f": {' | '.join(tail)}" if tail else ".")}
+    update = {"status": status["state"], "finished_at": now()}
+    if status["state"] == "succeeded":
+        update.update(export_hash=status["export_hash"], bytes=status["bytes"], dtype=status["dtype"])
+    else:
+        update["error"] = (status.get("error") or "") + (f" {status['fix']}" if status.get("fix") else "")
+    with ws.db() as db:
+        db["exports"].update(export.id, update)
+    return Export(**{**export.__dict__, **update})
+
+
+def wait_export(ws: Workspace, export_id: str, progress: Progress | None = None,
+                timeout: float | None = None, poll: float = 0.5) -> Export:
+    """Follow an export to its end, reporting (fraction, message) as events arrive."""
+    deadline = time.monotonic() + timeout if timeout else None
+    seen = 0
+    while True:
+        export = get_export(ws, export_id)
+        events = export.events()
+        for event in events[seen:]:
+            if progress:
+                progress(float(event.get("progress", 0)), event.get("message", ""))
+        seen = len(events)
+        if export.status == "succeeded":
+            return export
+        if export.status == "failed":
+            raise ExportFailed(export)
+        if deadline and time.monotonic() > deadline:
+            raise ResourceError(f"Export {export_id} did not finish within {timeout:.0f} s.",
+                                "Follow it with `studio publish` again later; it keeps running.")
+        time.sleep(poll)
+
+
+class ExportFailed(StudioError):
+    kind = "resource"
+
+    def __init__(self, export: Export):
+        message = export.error or "The export failed."
+        super().__init__(f"Export {export.id} of run {export.run_id} failed: {message}")
+        self.export = export
+
+
+def reusable_export(ws: Workspace, run_id: str, kind: str) -> Export | None:
+    """The newest finished export of this run and kind whose files are still there."""
+    marker = "config.json" if kind == "merged" else "adapter_config.json"
+    for export in list_exports(ws, run_id):
+        if export.kind == kind and export.status == "succeeded" and (export.model_dir / marker).exists():
+            return export
+    return None
