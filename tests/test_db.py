@@ -36,3 +36,25 @@ def test_dataset_hash_is_unique():
     db["datasets"].insert(row)
     with pytest.raises(sqlite3.IntegrityError):
         db["datasets"].insert({**row, "id": "ds-b"})
+
+
+def test_a_workspace_from_before_a_migration_keeps_its_rows():
+    """An existing studio.db (made by an earlier version) gains the new columns and loses nothing."""
+    from studio.core import db as schema
+
+    db = memory_db()
+    earlier = [m for m in MIGRATIONS if _number(m) <= 5]
+    original, schema.MIGRATIONS = schema.MIGRATIONS, earlier
+    try:
+        migrate(db)
+    finally:
+        schema.MIGRATIONS = original
+    db["datasets"].insert({"id": "ds-a", "name": "a", "content_hash": "h", "created_at": "t", "path": "/a"})
+    db["runs"].insert({"id": "run-1", "dataset_id": "ds-a", "status": "running", "created_at": "t", "path": "/r",
+                       "pid": 123, "proc_start": 1.5})
+    db["deployments"].insert({"id": "dep-1", "run_id": "run-1", "status": "publishing", "target": "local"})
+    assert migrate(db) == [6]
+    run = db["runs"].get("run-1")
+    assert (run["status"], run["pid"], run["proc_start"], run["launcher"], run["launch_ref"]) == \
+        ("running", 123, 1.5, None, None)
+    assert db["deployments"].get("dep-1")["owner_pid"] is None

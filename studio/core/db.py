@@ -167,7 +167,19 @@ def _m005_publish(db: sqlite_utils.Database) -> None:
     deployments.create_index(["slot", "created_at"])
 
 
-MIGRATIONS = [_m001_core, _m003_training, _m004_serve, _m005_publish]
+def _m006_supervision(db: sqlite_utils.Database) -> None:
+    """Runs: the launcher that started the run (local process today; multi-GPU or a cluster later) and its
+    handle there when that is not a local pid (a cluster job id). Deployments: the process doing the
+    publishing, so one left "publishing" by a crash is found and failed on the next start."""
+    runs = db["runs"]
+    runs.add_column("launcher", str)
+    runs.add_column("launch_ref", str)
+    deployments = db["deployments"]
+    deployments.add_column("owner_pid", int)
+    deployments.add_column("owner_start", float)
+
+
+MIGRATIONS = [_m001_core, _m003_training, _m004_serve, _m005_publish, _m006_supervision]
 
 
 def _number(step) -> int:
