@@ -99,14 +99,14 @@ def trained_run(tmp_path_factory, demo_model_source) -> TrainedRun:
     """demo-tiny trained once per test session with the quick-test preset, through the real queue and
     training process; status 'succeeded' in ws's runs table, adapter/ ready for chat, eval, publish."""
     from studio.core.workspace import Workspace
-    from studio.training import runs as jobs
+    from studio.training import scheduler, submit
     from studio.training.presets import build_config
 
     ws = Workspace.open(tmp_path_factory.mktemp("trained-run") / "studio-home")
     (ws.models_dir / "demo-tiny").symlink_to(demo_model_source, target_is_directory=True)
     version = save_qa_dataset(ws)
-    run = jobs.submit(ws, build_config("demo-tiny", version.id, "quick-test"), preset="quick-test")
-    run = jobs.wait_for(ws, run.id, timeout=600)
+    run = submit.submit(ws, build_config("demo-tiny", version.id, "quick-test"), preset="quick-test")
+    run = scheduler.wait_for(ws, run.id, timeout=600)
     if run.status != "succeeded":
         tail = "\n".join(run.folder.tail_log(30))
         pytest.fail(f"the shared training run ended {run.status}: {run.error}\n{tail}")

@@ -256,6 +256,6 @@ def test_cancel_from_the_page_while_a_second_browser_watches(browser, studio, pa
         expect(runs.locator("#runs-table")).to_contain_text("cancelled")
     finally:
         other.context.close()
-    from studio.training import runs as jobs
+    from studio.training import runs
 
-    assert jobs.get_run(studio.ws, run_id).config["max_steps"] == 5000  # the setting changed in the page
+    assert runs.get_run(studio.ws, run_id).config["max_steps"] == 5000  # the setting changed in the page

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from conftest import FAQ_PAIRS
 
-from studio.training import runs as jobs
+from studio.training import runs, summary
 from studio.training.folder import RunFolder
 from studio.training.presets import load_preset
 
@@ -18,13 +18,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_the_run_succeeded_and_its_loss_fell(trained_run):
-    run = jobs.get_run(trained_run.ws, trained_run.run_id)
+    run = runs.get_run(trained_run.ws, trained_run.run_id)
     assert run.status == "succeeded" and run.step == run.max_steps == STEPS
-    summary = jobs.summarize(RunFolder(trained_run.run_dir))
-    losses = [e["loss"] for e in summary["steps"]]
+    curves = summary.summarize(RunFolder(trained_run.run_dir))
+    losses = [e["loss"] for e in curves["steps"]]
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 1.5, f"loss should fall clearly: {first:.2f} -> {last:.2f}"
-    evals = [e["eval_loss"] for e in summary["evals"]]
+    evals = [e["eval_loss"] for e in curves["evals"]]
     assert len(evals) == STEPS // 20 and evals[-1] < evals[0]
     assert run.loss == pytest.approx(losses[-1]) and run.eval_loss == pytest.approx(evals[-1])
 

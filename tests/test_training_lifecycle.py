@@ -10,7 +10,8 @@ import time
 import pytest
 from conftest import save_qa_dataset
 
-from studio.training import runs as jobs
+from studio.training import runs, scheduler, submit
+from studio.training.launchers.local import LocalLauncher
 from studio.training.presets import build_config
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,7 @@ def _wait(predicate, timeout=300.0, poll=0.2, what="the condition"):
 
 def _submit(ws, dataset_id, model="demo-tiny", **overrides):
     cfg = build_config(model, dataset_id, "quick-test", overrides)
-    return jobs.submit(ws, cfg, preset="quick-test", overrides=overrides, force=True)
+    return submit.submit(ws, cfg, preset="quick-test", overrides=overrides, force=True)
 
 
 def _steps(run):
@@ -40,9 +41,9 @@ def test_cancel_mid_run_then_resume_to_completion(ws):
     data = save_qa_dataset(ws)
     run = _submit(ws, data.id, max_steps=24, save_every=1000, eval_every=1000, lr_schedule="linear",
                   warmup_ratio=0.0, learning_rate=LR)
-    assert jobs.schedule(ws) == [run.id]
+    assert scheduler.schedule(ws) == [run.id]
     _wait(lambda: any(e["step"] >= 3 for e in _steps(run)), what="three steps")
-    cancelled = jobs.cancel(ws, run.id, wait=180)
+    cancelled = scheduler.cancel(ws, run.id, wait=180)
     assert cancelled.status == "cancelled", cancelled.error
     k = cancelled.step
     assert 3 <= k < 24
@@ -54,9 +55,9 @@ def test_cancel_mid_run_then_resume_to_completion(ws):
     assert end["type"] == "end" and end["status"] == "cancelled" and end["step"] == k
     before = _steps(run)
 
-    resumed = jobs.resume(ws, run.id)
+    resumed = runs.resume(ws, run.id)
     assert resumed.status == "queued"
-    done = jobs.wait_for(ws, run.id, timeout=300)
+    done = scheduler.wait_for(ws, run.id, timeout=300)
     assert done.status == "succeeded" and done.step == 24, done.error
     starts = [e for e in run.folder.read_events() if e["type"] == "start"]
     assert [s["step"] for s in starts] == [0, k] and starts[1]["resumed_from"] == f"checkpoint-{k}"
@@ -75,25 +76,25 @@ def test_kill_9_of_the_studio_then_of_the_training_process(ws):
     studio = subprocess.Popen([sys.executable, "-m", "studio", "runs", "worker", "--poll", "0.3"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        running = _wait(lambda: (r := jobs.get_run(ws, run.id)).pid and _steps(r) and r, what="the run to train")
+        running = _wait(lambda: (r := runs.get_run(ws, run.id)).pid and _steps(r) and r, what="the run to train")
     finally:
         studio.kill()  # kill -9 of the studio while it trains
         studio.wait()
-    assert jobs.process_alive(running.pid, running.proc_start), "the training process outlives the studio"
-    jobs.reconcile(ws)  # a restarted studio re-adopts it
-    assert jobs.get_run(ws, run.id).status == "running"
+    assert LocalLauncher().poll(running.attempt()), "the training process outlives the studio"
+    scheduler.reconcile(ws)  # a restarted studio re-adopts it
+    assert runs.get_run(ws, run.id).status == "running"
 
     _wait(lambda: any(e["type"] == "checkpoint" for e in run.folder.read_events()), what="a checkpoint")
     os.killpg(running.pid, signal.SIGKILL)  # kill -9 of the training process
-    _wait(lambda: not jobs.process_alive(running.pid, running.proc_start), what="the process to die")
-    jobs.reconcile(ws)
-    failed = jobs.get_run(ws, run.id)
+    _wait(lambda: not LocalLauncher().poll(running.attempt()), what="the process to die")
+    scheduler.reconcile(ws)
+    failed = runs.get_run(ws, run.id)
     assert failed.status == "failed" and "killed or crashed" in failed.error and "Last log lines" in failed.error
     saved = run.folder.last_checkpoint()
     assert saved is not None and saved.name in failed.fix  # nothing saved is lost
 
-    jobs.resume(ws, run.id)
-    done = jobs.wait_for(ws, run.id, timeout=300)
+    runs.resume(ws, run.id)
+    done = scheduler.wait_for(ws, run.id, timeout=300)
     assert done.status == "succeeded" and done.step == 20, done.error
     starts = [e for e in run.folder.read_events() if e["type"] == "start"]
     assert starts[-1]["resumed_from"] == saved.name and starts[-1]["step"] == int(saved.name.split("-")[1])
@@ -114,10 +115,10 @@ def test_failures_end_with_a_reason_in_fifo_order_and_the_cli_exits_non_zero(ws,
     assert "queued behind 1 run(s)" in cli.stdout
     assert "not downloaded on this machine and the Hugging Face hub cannot be reached" in cli.stderr
 
-    first = jobs.get_run(ws, first.id)
+    first = runs.get_run(ws, first.id)
     assert first.status == "failed" and "No training example was left" in first.error
     assert "Raise max_length (now 32)" in first.fix
-    second = next(r for r in jobs.list_runs(ws) if r.id != first.id)
+    second = next(r for r in runs.list_runs(ws) if r.id != first.id)
     assert second.status == "failed" and "pick demo-tiny" in second.fix
     assert first.finished_at <= second.started_at  # FIFO: the second started when the first had ended
     status = second.folder.read_status()

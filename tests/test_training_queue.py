@@ -13,7 +13,8 @@ import pytest
 from conftest import save_qa_dataset
 
 from studio.core.errors import Conflict, NotFound, ResourceError
-from studio.training import runs as jobs
+from studio.training import runs, scheduler, submit, summary
+from studio.training.launchers.local import LocalLauncher
 from studio.training.presets import build_config
 
 
@@ -24,11 +25,11 @@ def dataset(ws):
 
 def _submit(ws, dataset, name, **overrides):
     cfg = build_config("demo-tiny", dataset.id, "quick-test", overrides)
-    return jobs.submit(ws, cfg, preset="quick-test", overrides=overrides, name=name)
+    return submit.submit(ws, cfg, preset="quick-test", overrides=overrides, name=name)
 
 
 def _finish(ws, run_id, status="succeeded"):
-    jobs._update(ws, run_id, status=status, finished_at="2026-01-01T00:00:00+00:00")
+    runs.transition(ws, run_id, status, finished_at="2026-01-01T00:00:00+00:00")
 
 
 def test_submit_freezes_the_config_and_queues(ws, dataset):
@@ -45,15 +46,15 @@ def test_submit_freezes_the_config_and_queues(ws, dataset):
 
 def test_queue_is_fifo_with_one_job_per_device(ws, dataset):
     a, b, c = (_submit(ws, dataset, n) for n in "abc")
-    assert [r.id for r in jobs.queue(ws)] == [a.id, b.id, c.id]
-    assert jobs.claim_next(ws, jobs.CPU_SLOT).id == a.id
-    assert jobs.claim_next(ws, jobs.CPU_SLOT) is None  # the CPU is busy with a
-    assert jobs.claim_next(ws, 1).id == b.id  # another device takes the next one
+    assert [r.id for r in runs.queue(ws)] == [a.id, b.id, c.id]
+    assert scheduler.claim_next(ws, scheduler.CPU_SLOT).id == a.id
+    assert scheduler.claim_next(ws, scheduler.CPU_SLOT) is None  # the CPU is busy with a
+    assert scheduler.claim_next(ws, 1).id == b.id  # another device takes the next one
     _finish(ws, a.id)
-    assert jobs.claim_next(ws, jobs.CPU_SLOT).id == c.id
-    resumed = jobs.resume(ws, jobs.cancel(ws, _submit(ws, dataset, "d").id).id)
+    assert scheduler.claim_next(ws, scheduler.CPU_SLOT).id == c.id
+    resumed = runs.resume(ws, scheduler.cancel(ws, _submit(ws, dataset, "d").id).id)
     late = _submit(ws, dataset, "e")
-    assert [r.id for r in jobs.queue(ws)] == [resumed.id, late.id]
+    assert [r.id for r in runs.queue(ws)] == [resumed.id, late.id]
 
 
 def test_two_schedulers_never_claim_the_same_run(ws, dataset):
@@ -65,7 +66,7 @@ def test_two_schedulers_never_claim_the_same_run(ws, dataset):
 
         def claim(barrier=barrier, claimed=claimed):
             barrier.wait()
-            run = jobs.claim_next(ws, jobs.CPU_SLOT)
+            run = scheduler.claim_next(ws, scheduler.CPU_SLOT)
             if run:
                 claimed.append(run.id)
 
@@ -76,14 +77,14 @@ def test_two_schedulers_never_claim_the_same_run(ws, dataset):
             t.join()
         assert len(claimed) == 1
         _finish(ws, claimed[0])
-    assert len(jobs.list_runs(ws, "succeeded")) == 3
+    assert len(runs.list_runs(ws, "succeeded")) == 3
 
 
 def _running(ws, dataset, pid, proc_start):
     run = _submit(ws, dataset, "r")
-    jobs.claim_next(ws, jobs.CPU_SLOT)
-    jobs._update(ws, run.id, pid=pid, proc_start=proc_start)
-    return jobs.get_run(ws, run.id)
+    scheduler.claim_next(ws, scheduler.CPU_SLOT)
+    runs.record(ws, run.id, pid=pid, proc_start=proc_start)
+    return runs.get_run(ws, run.id)
 
 
 def test_reconcile_readopts_a_live_process_and_reads_its_progress(ws, dataset):
@@ -92,8 +93,8 @@ def test_reconcile_readopts_a_live_process_and_reads_its_progress(ws, dataset):
         run = _running(ws, dataset, proc.pid, psutil.Process(proc.pid).create_time())
         run.folder.emit("start", step=0, max_steps=60)
         run.folder.emit("step", step=7, max_steps=60, loss=5.5)
-        assert jobs.reconcile(ws) == []
-        run = jobs.get_run(ws, run.id)
+        assert scheduler.reconcile(ws) == []
+        run = runs.get_run(ws, run.id)
         assert run.status == "running" and run.step == 7 and run.loss == 5.5 and run.progress == pytest.approx(7 / 60)
     finally:
         proc.kill()
@@ -106,8 +107,8 @@ def test_reconcile_fails_a_dead_process_with_its_last_log_lines(ws, dataset):
     proc.wait()
     run = _running(ws, dataset, proc.pid, started)
     run.folder.log.write_text("loading\nstep 3 done\nKilled\n")
-    assert jobs.reconcile(ws) == [run.id]
-    run = jobs.get_run(ws, run.id)
+    assert scheduler.reconcile(ws) == [run.id]
+    run = runs.get_run(ws, run.id)
     assert run.status == "failed" and "killed or crashed" in run.error and "step 3 done | Killed" in run.error
     assert "starts again from the beginning" in run.fix and run.finished_at
 
@@ -119,58 +120,59 @@ def test_reconcile_takes_the_final_state_the_process_wrote(ws, dataset):
     run = _running(ws, dataset, proc.pid, started)
     run.folder.status.write_text(json.dumps({"state": "failed", "kind": "oom", "reason": "Out of memory.",
                                              "fix": "Lower micro_batch_size."}))
-    jobs.reconcile(ws)
-    run = jobs.get_run(ws, run.id)
+    scheduler.reconcile(ws)
+    run = runs.get_run(ws, run.id)
     assert (run.status, run.error, run.fix) == ("failed", "Out of memory.", "Lower micro_batch_size.")
 
 
 def test_a_reused_pid_is_not_mistaken_for_the_run(ws, dataset):
     me = psutil.Process(os.getpid())
     run = _running(ws, dataset, me.pid, me.create_time() - 3600)  # same pid, another process's start time
-    assert not jobs.process_alive(run.pid, run.proc_start)
-    jobs.reconcile(ws)
-    assert jobs.get_run(ws, run.id).status == "failed"
+    assert not LocalLauncher().poll(run.attempt())
+    scheduler.reconcile(ws)
+    assert runs.get_run(ws, run.id).status == "failed"
 
 
 def test_a_claim_whose_launcher_died_is_failed_after_a_grace_period(ws, dataset):
     run = _submit(ws, dataset, "r")
-    jobs.claim_next(ws, jobs.CPU_SLOT)
-    jobs.reconcile(ws)
-    assert jobs.get_run(ws, run.id).status == "running"  # another scheduler may be launching it
-    jobs._update(ws, run.id, started_at="2020-01-01T00:00:00+00:00")
-    jobs.reconcile(ws)
-    assert jobs.get_run(ws, run.id).status == "failed"
+    scheduler.claim_next(ws, scheduler.CPU_SLOT)
+    scheduler.reconcile(ws)
+    assert runs.get_run(ws, run.id).status == "running"  # another scheduler may be launching it
+    runs.record(ws, run.id, started_at="2020-01-01T00:00:00+00:00")
+    scheduler.reconcile(ws)
+    assert runs.get_run(ws, run.id).status == "failed"
 
 
 def test_cancel_resume_and_delete_rules(ws, dataset):
     run = _submit(ws, dataset, "r")
     with pytest.raises(Conflict, match="is queued"):
-        jobs.delete(ws, run.id)
+        runs.delete(ws, run.id)
     with pytest.raises(Conflict, match="already queued"):
-        jobs.resume(ws, run.id)
-    assert jobs.cancel(ws, run.id).status == "cancelled"
+        runs.resume(ws, run.id)
+    assert scheduler.cancel(ws, run.id).status == "cancelled"
     with pytest.raises(Conflict, match="not running"):
-        jobs.cancel(ws, run.id)
-    assert jobs.resume(ws, run.id).status == "queued"
+        scheduler.cancel(ws, run.id)
+    assert runs.resume(ws, run.id).status == "queued"
+    assert scheduler.claim_next(ws, scheduler.CPU_SLOT).id == run.id
     _finish(ws, run.id)
     with pytest.raises(Conflict, match="re-run"):
-        jobs.resume(ws, run.id)
+        runs.resume(ws, run.id)
     with ws.db() as db:
         db["evaluations"].insert({"id": "ev-1", "run_id": run.id, "created_at": "now", "path": "x"})
     with pytest.raises(Conflict, match="1 evaluations"):
-        jobs.delete(ws, run.id)
+        runs.delete(ws, run.id)
     with ws.db() as db:
         db["evaluations"].delete("ev-1")
     path = run.folder.path
-    jobs.delete(ws, run.id)
+    runs.delete(ws, run.id)
     assert not path.exists()
     with pytest.raises(NotFound, match=run.id):
-        jobs.get_run(ws, run.id)
+        runs.get_run(ws, run.id)
 
 
 def test_rerun_copies_the_frozen_config(ws, dataset):
     run = _submit(ws, dataset, "r", lora_r=4, seed=7)
-    again = jobs.rerun(ws, run.id)
+    again = submit.rerun(ws, run.id)
     assert again.id != run.id and again.config == run.config and again.name == "r (re-run)"
     assert again.folder.config.read_text() == run.folder.config.read_text()
 
@@ -178,26 +180,26 @@ def test_rerun_copies_the_frozen_config(ws, dataset):
 def test_a_run_too_big_for_this_machine_is_refused_with_the_fix(ws, dataset):
     cfg = build_config("meta-llama/Llama-3.1-8B-Instruct", dataset.id, "balanced")
     with pytest.raises(ResourceError) as err:
-        jobs.submit(ws, cfg, estimate={"peak_bytes": 10**15, "precision": "32bit", "suggestion": "Use less."})
+        submit.submit(ws, cfg, estimate={"peak_bytes": 10**15, "precision": "32bit", "suggestion": "Use less."})
     assert "in all, so it would run out of memory" in err.value.message and err.value.fix == "Use less."
-    assert jobs.list_runs(ws) == []
-    forced = jobs.submit(ws, build_config("demo-tiny", dataset.id, "quick-test"), force=True,
+    assert runs.list_runs(ws) == []
+    forced = submit.submit(ws, build_config("demo-tiny", dataset.id, "quick-test"), force=True,
                          estimate={"peak_bytes": 10**15, "precision": "32bit"})
     assert forced.status == "queued"
 
 
 def test_plan_explains_unknown_models_and_missing_data(ws, dataset):
-    planned = jobs.plan(ws, build_config("someone/unknown-model", dataset.id, "balanced"))
+    planned = submit.plan(ws, build_config("someone/unknown-model", dataset.id, "balanced"))
     assert planned.estimate is None and "size of 'someone/unknown-model' is unknown" in planned.summary
     with pytest.raises(NotFound, match="ds-nothing"):
-        jobs.plan(ws, build_config("demo-tiny", "ds-nothing", "balanced"))
+        submit.plan(ws, build_config("demo-tiny", "ds-nothing", "balanced"))
 
 
 def test_command_line_and_step_line():
-    line = jobs.command_line("demo-tiny", "ds-1", "quick-test", {"lora_r": 8, "packing": True}, "my run")
+    line = submit.command_line("demo-tiny", "ds-1", "quick-test", {"lora_r": 8, "packing": True}, "my run")
     assert line == "studio train --data ds-1 --model demo-tiny --preset quick-test --set lora_r=8 " \
                    "--set packing=true --name 'my run'"
-    text = jobs.step_line({"type": "step", "step": 3, "max_steps": 60, "epoch": 0.5, "loss": 6.2, "eta": 100,
+    text = summary.step_line({"type": "step", "step": 3, "max_steps": 60, "epoch": 0.5, "loss": 6.2, "eta": 100,
                            "learning_rate": 0.003, "grad_norm": 1.5, "tokens_per_second": 300, "elapsed": 5})
     assert text == "step 3/60 · epoch 0.50 · loss 6.2000 · lr 3.0e-03 · grad norm 1.50 · 300 tok/s · " \
                    "elapsed 5s · eta 1m40s"
@@ -205,7 +207,7 @@ def test_command_line_and_step_line():
 
 def test_worker_stops_when_told(ws):
     stop = threading.Event()
-    thread = threading.Thread(target=jobs.worker, args=(ws,), kwargs={"poll": 0.05, "stop": stop})
+    thread = threading.Thread(target=scheduler.worker, args=(ws,), kwargs={"poll": 0.05, "stop": stop})
     thread.start()
     time.sleep(0.3)
     stop.set()
@@ -218,9 +220,9 @@ def test_a_run_cancelled_before_it_could_save_anything_ends_cancelled(ws, datase
     started = psutil.Process(proc.pid).create_time()
     proc.wait()
     run = _running(ws, dataset, proc.pid, started)
-    jobs._update(ws, run.id, cancel_requested_at="2026-01-01T00:00:00+00:00")
-    jobs.reconcile(ws)
-    assert jobs.get_run(ws, run.id).status == "cancelled"
+    runs.record(ws, run.id, cancel_requested_at="2026-01-01T00:00:00+00:00")
+    scheduler.reconcile(ws)
+    assert runs.get_run(ws, run.id).status == "cancelled"
 
 
 def test_admission_on_a_full_gpu_asks_the_endpoints_to_unload_and_says_so(ws, dataset, monkeypatch):
@@ -234,10 +236,11 @@ def test_admission_on_a_full_gpu_asks_the_endpoints_to_unload_and_says_so(ws, da
     real_stop = studio.serving.endpoints.stop_local_endpoints
     monkeypatch.setattr(studio.serving.endpoints, "stop_local_endpoints",
                         lambda w, reason: asked.append(reason) or real_stop(w, reason))
-    run = _submit(ws, dataset, "r")
-    jobs.admit(ws, run, 0)
+    _submit(ws, dataset, "r")
+    run = scheduler.claim_next(ws, 0)
+    scheduler.admit(ws, run, 0)
     assert len(asked) == 1 and run.id in asked[0] and "free GPU memory" in asked[0]
-    notice = jobs.get_run(ws, run.id).notice
+    notice = runs.get_run(ws, run.id).notice
     assert "Only 0.05 GB of GPU memory is free" in notice and "may run out of memory" in notice
-    jobs.admit(ws, run, jobs.CPU_SLOT)  # the CPU has no endpoints to unload
+    scheduler.admit(ws, run, scheduler.CPU_SLOT)  # the CPU has no endpoints to unload
     assert len(asked) == 1

@@ -34,7 +34,7 @@ def test_trained_tokens_are_exactly_the_answer_and_its_end_of_turn(ws, cfg):
     from transformers import AutoTokenizer
     from trl import SFTTrainer
 
-    from studio.models.catalog import resolve
+    from studio.models.resolve import resolve
 
     source = resolve(ws, "demo-tiny").source
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -65,7 +65,7 @@ def test_trained_tokens_are_exactly_the_answer_and_its_end_of_turn(ws, cfg):
 
 
 def test_default_targets_are_the_projections(ws, cfg):
-    from studio.models.catalog import resolve
+    from studio.models.resolve import resolve
 
     model = recipe.load_base_model(cfg, resolve(ws, "demo-tiny").source)
     assert recipe.default_target_modules(model) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",

@@ -4,7 +4,7 @@ import gradio as gr
 import pytest
 from conftest import save_qa_dataset
 
-from studio.training import runs as jobs
+from studio.training import runs, scheduler
 from studio.training.config import PRESET_FIELDS
 from studio.training.presets import load_preset
 from studio.ui import runs_tab, train_tab
@@ -57,7 +57,7 @@ def test_fit_check_command_and_start(ws, dataset):
     line = train_tab.show_command(dataset.id, "demo-tiny", "quick-test", "v1", *_values(lora_r=8))
     assert line == f"studio train --data {dataset.id} --model demo-tiny --preset quick-test --set lora_r=8 --name v1"
     message, run_id = train_tab.start(ws, dataset.id, "demo-tiny", "quick-test", "v1", False, *_values(lora_r=8))
-    run = jobs.get_run(ws, run_id)
+    run = runs.get_run(ws, run_id)
     assert run.status == "queued" and run.config["lora_r"] == 8 and run.name == "v1" and run_id in message
 
 
@@ -82,7 +82,7 @@ def test_runs_tab_actions_on_a_queued_run(ws, dataset):
     said, new_id = runs_tab.rerun_run(ws, run_id)
     assert new_id != run_id and new_id in said
     assert runs_tab.run_command(ws, run_id).startswith(f"studio train --data {dataset.id} --model demo-tiny")
-    jobs.cancel(ws, run_id)
+    scheduler.cancel(ws, run_id)
     with pytest.raises(gr.Error, match="Tick"):
         runs_tab.delete_run(ws, run_id, False)
     assert "Deleted" in runs_tab.delete_run(ws, run_id, True)

@@ -65,42 +65,42 @@ def _row(run) -> dict:
 
 
 def run_list(args, ws) -> Output:
-    from studio.training import runs as jobs
+    from studio.training import runs, scheduler
 
-    jobs.reconcile(ws)
-    runs = jobs.list_runs(ws, args.status)
-    if not runs:
+    scheduler.reconcile(ws)
+    found = runs.list_runs(ws, args.status)
+    if not found:
         return Output([], "No runs yet. Start one with `studio train --data ID --model M` (or the Train tab).")
     lines = [f"{'ID':<26} {'STATUS':<10} {'PROGRESS':>9} {'LOSS':>8} {'EVAL':>8}  MODEL / DATA / PRESET"]
-    for run in runs:
+    for run in found:
         steps = f"{run.step or 0}/{run.max_steps or '?'}"
         loss = f"{run.loss:.4f}" if run.loss is not None else "-"
         evl = f"{run.eval_loss:.4f}" if run.eval_loss is not None else "-"
         lines.append(f"{run.id:<26} {run.status:<10} {steps:>9} {loss:>8} {evl:>8}  "
                      f"{run.base_model} / {run.dataset_id} / {run.preset or '-'}")
-    return Output([_row(r) for r in runs], "\n".join(lines))
+    return Output([_row(r) for r in found], "\n".join(lines))
 
 
 def describe(ws, run_id: str, log_lines: int = 10) -> tuple[dict, str]:
-    from studio.training import runs as jobs
+    from studio.training import runs, scheduler, summary
 
-    jobs.reconcile(ws)
-    run = jobs.get_run(ws, run_id)
-    summary = jobs.summarize(run.folder)
+    scheduler.reconcile(ws)
+    run = runs.get_run(ws, run_id)
+    progress = summary.summarize(run.folder)
     data = _row(run) | {"config": run.config, "manifest": run.folder.read_manifest(),
-                        "last_step": summary["last"], "notices": summary["notices"],
-                        "checkpoints": [c["path"] for c in summary["checkpoints"]],
+                        "last_step": progress["last"], "notices": progress["notices"],
+                        "checkpoints": [c["path"] for c in progress["checkpoints"]],
                         "log_tail": run.folder.tail_log(log_lines)}
     status = run.status
     if run.cancel_requested_at and run.status == "running":
         status += " (cancel requested: it stops after the current step)"
     lines = [f"{run.id}  {run.name}", f"status    {status}"]
     lines.append(f"model     {run.base_model}    data {run.dataset_id}    preset {run.preset or '-'}")
-    if summary["last"]:
-        lines.append("progress  " + jobs.step_line(summary["last"]))
-    if summary["evals"]:
-        lines.append("eval      " + jobs.step_line(summary["evals"][-1]))
-    for note in ([run.notice] if run.notice else []) + summary["notices"]:
+    if progress["last"]:
+        lines.append("progress  " + summary.step_line(progress["last"]))
+    if progress["evals"]:
+        lines.append("eval      " + summary.step_line(progress["evals"][-1]))
+    for note in ([run.notice] if run.notice else []) + progress["notices"]:
         lines.append(f"notice    {note}")
     if run.error:
         lines.append(f"reason    {run.error}")
@@ -119,20 +119,20 @@ def describe(ws, run_id: str, log_lines: int = 10) -> tuple[dict, str]:
 
 def follow(ws, run_id: str, *, schedule: bool = False, poll: float = 1.0, out=print) -> str:
     """Print each new event of the run until it ends; with schedule=True also run the queue here."""
-    from studio.training import runs as jobs
+    from studio.training import runs, scheduler, summary
 
     printed = 0
     said_waiting = False
     while True:
         if schedule:
-            jobs.schedule(ws)
+            scheduler.schedule(ws)
         else:
-            jobs.reconcile(ws)
-        run = jobs.get_run(ws, run_id)
+            scheduler.reconcile(ws)
+        run = runs.get_run(ws, run_id)
         events = run.folder.read_events()
         for event in events[printed:]:
             if event["type"] in ("step", "eval"):
-                out(jobs.step_line(event))
+                out(summary.step_line(event))
             elif event["type"] == "notice":
                 out(f"notice: {event['message']}")
             elif event["type"] == "start":
@@ -142,21 +142,21 @@ def follow(ws, run_id: str, *, schedule: bool = False, poll: float = 1.0, out=pr
                 out(f"checkpoint saved: {event['path']}")
         printed = len(events)
         if run.status == "queued" and not said_waiting:
-            ids = [r.id for r in jobs.queue(ws)]
-            ahead = (ids.index(run_id) if run_id in ids else 0) + len(jobs.list_runs(ws, "running"))
+            ids = [r.id for r in runs.queue(ws)]
+            ahead = (ids.index(run_id) if run_id in ids else 0) + len(runs.list_runs(ws, "running"))
             out(f"queued behind {ahead} run(s)" + ("" if schedule else
                 "; the studio or `studio runs worker` starts it"))
             said_waiting = True
-        if run.status not in jobs.ACTIVE:
+        if run.status not in runs.ACTIVE:
             return run.status
         time.sleep(poll)
 
 
 def _ended(ws, run_id: str) -> Output:
     from studio.core.errors import StudioError
-    from studio.training import runs as jobs
+    from studio.training import runs
 
-    run = jobs.get_run(ws, run_id)
+    run = runs.get_run(ws, run_id)
     if run.status == "failed":
         raise StudioError(f"Run {run.id} failed: {run.error}", run.fix)
     text = f"Run {run.id} {run.status} at step {run.step}/{run.max_steps}."
@@ -180,9 +180,9 @@ def run_show(args, ws) -> Output | None:
 
 
 def run_cancel(args, ws) -> Output:
-    from studio.training import runs as jobs
+    from studio.training import scheduler
 
-    run = jobs.cancel(ws, args.id, wait=args.wait)
+    run = scheduler.cancel(ws, args.id, wait=args.wait)
     if run.status == "running":
         text = f"Cancel requested for {run.id}: it stops after its current step and saves a checkpoint."
     else:
@@ -193,9 +193,9 @@ def run_cancel(args, ws) -> Output:
 
 
 def run_resume(args, ws) -> Output | None:
-    from studio.training import runs as jobs
+    from studio.training import runs
 
-    run = jobs.resume(ws, args.id)
+    run = runs.resume(ws, args.id)
     last = run.folder.last_checkpoint()
     where = f"from {last.name}" if last else "from the beginning (no checkpoint was saved)"
     if not args.wait:
@@ -206,9 +206,9 @@ def run_resume(args, ws) -> Output | None:
 
 
 def run_rerun(args, ws) -> Output | None:
-    from studio.training import runs as jobs
+    from studio.training import submit
 
-    run = jobs.rerun(ws, args.id)
+    run = submit.rerun(ws, args.id)
     if not args.wait:
         return Output(_row(run), f"New run {run.id} queued with the settings of {args.id}.")
     print(f"New run {run.id} queued with the settings of {args.id}.", flush=True)
@@ -217,29 +217,29 @@ def run_rerun(args, ws) -> Output | None:
 
 
 def run_rm(args, ws) -> Output:
-    from studio.training import runs as jobs
+    from studio.training import runs
 
-    jobs.delete(ws, args.id)
+    runs.delete(ws, args.id)
     return Output({"deleted": args.id}, f"Deleted run {args.id} and its files.")
 
 
 def run_worker(args, ws) -> Output | None:
-    from studio.training import runs as jobs
+    from studio.training import runs, scheduler
 
     if args.once:
-        started = jobs.schedule(ws)
+        started = scheduler.schedule(ws)
         return Output({"started": started}, f"Started: {', '.join(started)}" if started else "Nothing to start.")
     print(f"Running the training queue of {ws.home} (Ctrl+C to stop; running jobs go on).", flush=True)
     seen: set[str] = set()
 
     def report() -> None:
-        for run in jobs.list_runs(ws, "running"):
+        for run in runs.list_runs(ws, "running"):
             if run.id not in seen and run.pid:
                 seen.add(run.id)
                 print(f"started {run.id} (pid {run.pid})", flush=True)
 
     try:
-        jobs.worker(ws, poll=args.poll, on_tick=report)
+        scheduler.worker(ws, poll=args.poll, on_tick=report)
     except KeyboardInterrupt:
         print("worker stopped", file=sys.stderr)
     return None

@@ -28,17 +28,17 @@ def register(verbs, common) -> None:
 
 def run(args, ws) -> Output | None:
     from studio.cli.runs import _ended, follow
-    from studio.training import runs as jobs
+    from studio.training import submit
     from studio.training.presets import build_config, parse_overrides
 
     overrides = parse_overrides(args.overrides)
     cfg = build_config(args.model, args.data, args.preset, overrides)
-    planned = jobs.plan(ws, cfg)
+    planned = submit.plan(ws, cfg)
     if args.dry_run:
         settings = "\n".join(f"  {k}: {v}" for k, v in cfg.model_dump(mode="json").items())
         return Output({"config": cfg.model_dump(mode="json"), "fit_check": planned.estimate},
                       f"Settings:\n{settings}\n{planned.summary}")
-    run = jobs.submit(ws, cfg, preset=args.preset, overrides=overrides, name=args.name, force=args.force,
+    run = submit.submit(ws, cfg, preset=args.preset, overrides=overrides, name=args.name, force=args.force,
                       estimate=planned.estimate)
     head = f"Run {run.id} queued ({args.preset} preset, {cfg.base_model} on {cfg.dataset_id}).\n{planned.summary}"
     if not args.wait:

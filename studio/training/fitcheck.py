@@ -350,7 +350,7 @@ def dataset_stats(ws: Workspace, dataset_id: str, base_model: str, sample: int =
 
     from studio.data.store import get_version, load_split
     from studio.data.templates import apply_template
-    from studio.models.catalog import resolve
+    from studio.models.resolve import resolve
 
     version = get_version(ws, dataset_id)
     tokens = (version.report or {}).get("tokens") or {}

@@ -4,7 +4,8 @@ runs/<id>/config.yaml       the frozen TrainConfig (written by the studio, read 
 runs/<id>/manifest.json     what the run used: dataset hash, model and revision, libraries, hardware
 runs/<id>/events.jsonl      one JSON object per line: start, step, eval, checkpoint, notice, end
 runs/<id>/status.json       the process's own state: running | succeeded | failed | cancelled (+ reason)
-runs/<id>/train.log         the process's stdout and stderr
+runs/<id>/train.log         the process's stdout and stderr (each attempt starts with a marker line)
+runs/<id>/exit.json         how the last attempt's process ended (exit code or signal), by its shepherd
 runs/<id>/checkpoints/      Trainer checkpoints (adapter + optimizer + scheduler + RNG state)
 runs/<id>/adapter/          the peft adapter, the tokenizer and chat template it was trained with,
                             and generation_config.json with the end-of-turn ids
@@ -18,27 +19,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from studio.core.files import read_json, read_jsonl, write_json_atomic
+
 TERMINAL_STATES = ("succeeded", "failed", "cancelled")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temporary file in the same folder, then rename: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -66,6 +55,10 @@ class RunFolder:
         return self.path / "train.log"
 
     @property
+    def exit(self) -> Path:
+        return self.path / "exit.json"
+
+    @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
@@ -76,30 +69,14 @@ class RunFolder:
     # --- reading (the studio) -------------------------------------------------------------------
 
     def read_status(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.status.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
+        return read_json(self.status)
 
     def read_manifest(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.manifest.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
+        return read_json(self.manifest)
 
     def read_events(self) -> list[dict[str, Any]]:
         """Every complete event line; a half-written last line (the process is writing) is skipped."""
-        try:
-            text = self.events.read_text(encoding="utf-8")
-        except OSError:
-            return []
-        events = []
-        for line in text.splitlines():
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                continue
-        return events
+        return read_jsonl(self.events)
 
     def tail_log(self, lines: int = 20) -> list[str]:
         try:
@@ -133,3 +110,20 @@ class RunFolder:
 
     def write_status(self, state: str, **fields: Any) -> None:
         write_json_atomic(self.status, {"state": state, "pid": os.getpid(), "updated_at": time.time(), **fields})
+
+
+class Clock:
+    """Seconds of training across attempts: a resumed run continues the elapsed time of the earlier ones."""
+
+    def __init__(self, before: float = 0.0):
+        self.before = before
+        self.started = time.time()
+
+    def elapsed(self) -> float:
+        return round(self.before + time.time() - self.started, 1)
+
+
+def previous_elapsed(folder: RunFolder) -> float:
+    """The elapsed time the last attempt reached (events carry the running total)."""
+    values = [e["elapsed"] for e in folder.read_events() if e.get("elapsed") is not None]
+    return float(values[-1]) if values else 0.0

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 if TYPE_CHECKING:
-    from studio.training.folder import RunFolder
-    from studio.training.run import Clock
+    from studio.training.folder import Clock, RunFolder
 
 
 def _number(value: Any) -> float | None:

@@ -13,15 +13,15 @@ import platform
 import shutil
 import signal
 import threading
-import time
 import traceback
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from studio.core.files import write_json_atomic
 from studio.training.config import TrainConfig, load_yaml
 from studio.training.failures import EmptyDataset, ModelLoadError, classify
-from studio.training.folder import RunFolder, write_json_atomic
+from studio.training.folder import Clock, RunFolder, previous_elapsed
 
 log = logging.getLogger("studio.training")
 LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "tokenizers")
@@ -248,20 +248,3 @@ def _write_manifest(folder: RunFolder, manifest: dict, cfg: TrainConfig, model: 
 def _last_step(folder: RunFolder) -> int:
     steps = [e.get("step") or 0 for e in folder.read_events() if e["type"] in ("step", "checkpoint", "end")]
     return max(steps, default=0)
-
-
-class Clock:
-    """Seconds of training across attempts: a resumed run continues the elapsed time of the earlier ones."""
-
-    def __init__(self, before: float = 0.0):
-        self.before = before
-        self.started = time.time()
-
-    def elapsed(self) -> float:
-        return round(self.before + time.time() - self.started, 1)
-
-
-def previous_elapsed(folder: RunFolder) -> float:
-    """The elapsed time the last attempt reached (events carry the running total)."""
-    values = [e["elapsed"] for e in folder.read_events() if e.get("elapsed") is not None]
-    return float(values[-1]) if values else 0.0

@@ -13,7 +13,7 @@ import pandas as pd
 
 from studio.core.errors import StudioError
 from studio.core.workspace import Workspace
-from studio.training import runs as jobs
+from studio.training import runs, scheduler, submit, summary
 from studio.training.folder import TERMINAL_STATES
 
 POLL_S = 2.0
@@ -30,9 +30,9 @@ def _fail(exc: StudioError):
 
 
 def runs_table(ws: Workspace) -> pd.DataFrame:
-    jobs.reconcile(ws)
+    scheduler.reconcile(ws)
     rows = []
-    for run in jobs.list_runs(ws):
+    for run in runs.list_runs(ws):
         rows.append([
             run.id, run.name, run.status, f"{run.progress:.0%} ({run.step or 0}/{run.max_steps or '?'})",
             f"{run.loss:.4f}" if run.loss is not None else "", f"{run.eval_loss:.4f}" if run.eval_loss else "",
@@ -42,23 +42,23 @@ def runs_table(ws: Workspace) -> pd.DataFrame:
 
 
 def run_choices(ws: Workspace) -> list[tuple[str, str]]:
-    return [(f"{r.id} · {r.name} · {r.status}", r.id) for r in jobs.list_runs(ws)]
+    return [(f"{r.id} · {r.name} · {r.status}", r.id) for r in runs.list_runs(ws)]
 
 
 def default_run(ws: Workspace) -> str | None:
     """What a fresh page shows: the run that trains now, else the newest."""
-    runs = jobs.list_runs(ws)
-    running = [r for r in runs if r.status == "running"]
-    return (running or runs)[0].id if runs else None
+    found = runs.list_runs(ws)
+    running = [r for r in found if r.status == "running"]
+    return (running or found)[0].id if found else None
 
 
-def progress_html(run: jobs.Run, last: dict) -> str:
+def progress_html(run: runs.Run, last: dict) -> str:
     share = run.progress
     colour = STATUS_COLOURS.get(run.status, "#4f46e5")
     words = f"{run.status}"
     if run.status == "running" and run.cancel_requested_at:
         words = "cancelling (stops after the current step)"
-    detail = html.escape(jobs.step_line(last)) if last else "waiting for the first step"
+    detail = html.escape(summary.step_line(last)) if last else "waiting for the first step"
     return (
         f'<div class="run-progress"><div style="display:flex;justify-content:space-between;font-size:0.9em">'
         f'<b style="color:{colour}">{html.escape(words)}</b><span>{share:.0%}</span></div>'
@@ -68,27 +68,27 @@ def progress_html(run: jobs.Run, last: dict) -> str:
     )
 
 
-def loss_frame(summary: dict) -> pd.DataFrame:
+def loss_frame(curves: dict) -> pd.DataFrame:
     rows = [{"step": e["step"], "loss": e["loss"], "curve": "training loss"}
-            for e in summary["steps"] if e.get("loss") is not None]
-    rows += [{"step": e["step"], "loss": e["eval_loss"], "curve": "held-out loss"} for e in summary["evals"]]
+            for e in curves["steps"] if e.get("loss") is not None]
+    rows += [{"step": e["step"], "loss": e["eval_loss"], "curve": "held-out loss"} for e in curves["evals"]]
     return pd.DataFrame(rows, columns=["step", "loss", "curve"]).astype({"step": "int64", "loss": "float64"})
 
 
-def lr_frame(summary: dict) -> pd.DataFrame:
+def lr_frame(curves: dict) -> pd.DataFrame:
     rows = [{"step": e["step"], "learning rate": e["learning_rate"]}
-            for e in summary["steps"] if e.get("learning_rate") is not None]
+            for e in curves["steps"] if e.get("learning_rate") is not None]
     return pd.DataFrame(rows, columns=["step", "learning rate"]).astype({"step": "int64", "learning rate": "float64"})
 
 
-def status_markdown(ws: Workspace, run: jobs.Run, summary: dict) -> str:
+def status_markdown(ws: Workspace, run: runs.Run, curves: dict) -> str:
     lines = [f"### {run.name}", f"`{run.id}` · **{run.status}** · {run.base_model} on `{run.dataset_id}` · "
              f"preset {run.preset or '-'} · started {run.started_at or '-'} · finished {run.finished_at or '-'}"]
     if run.status == "queued":
-        ids = [r.id for r in jobs.queue(ws)]
-        ahead = (ids.index(run.id) if run.id in ids else 0) + len(jobs.list_runs(ws, "running"))
+        ids = [r.id for r in runs.queue(ws)]
+        ahead = (ids.index(run.id) if run.id in ids else 0) + len(runs.list_runs(ws, "running"))
         lines.append(f"Waiting for the device: {ahead} run(s) before it.")
-    for note in ([run.notice] if run.notice else []) + summary["notices"]:
+    for note in ([run.notice] if run.notice else []) + curves["notices"]:
         lines.append(f"> ℹ️ {note}")
     if run.error:
         lines.append(f"**What happened:** {run.error}")
@@ -107,15 +107,15 @@ def run_view(ws: Workspace, run_id: str | None):
         empty = pd.DataFrame(columns=["step", "loss", "curve"])
         return ("No run selected. Start one in the Train tab.", "", empty,
                 pd.DataFrame(columns=["step", "learning rate"]), "", {}, {})
-    jobs.reconcile(ws)
+    scheduler.reconcile(ws)
     try:
-        run = jobs.get_run(ws, run_id)
+        run = runs.get_run(ws, run_id)
     except StudioError as exc:
         _fail(exc)
-    summary = jobs.summarize(run.folder)
+    curves = summary.summarize(run.folder)
     log = "\n".join(ln for ln in run.folder.tail_log(40) if "it/s]" not in ln and "examples/s]" not in ln)
-    return (status_markdown(ws, run, summary), progress_html(run, summary["last"]), loss_frame(summary),
-            lr_frame(summary), log, run.config, run.folder.read_manifest())
+    return (status_markdown(ws, run, curves), progress_html(run, curves["last"]), loss_frame(curves),
+            lr_frame(curves), log, run.config, run.folder.read_manifest())
 
 
 def live_view(ws: Workspace, run_id: str | None):
@@ -132,7 +132,7 @@ def finished_key(ws: Workspace, run_id: str | None) -> tuple | None:
     if not run_id:
         return None
     try:
-        run = jobs.get_run(ws, run_id)
+        run = runs.get_run(ws, run_id)
     except StudioError:
         return None
     if run.status not in TERMINAL_STATES:
@@ -163,7 +163,7 @@ def _titled(frame: pd.DataFrame, column: str, title: str):
 
 def cancel_run(ws: Workspace, run_id: str) -> str:
     try:
-        run = jobs.cancel(ws, run_id)
+        run = scheduler.cancel(ws, run_id)
     except StudioError as exc:
         _fail(exc)
     return (f"Cancel sent to {run.id}: it stops after the current step and saves a checkpoint and the adapter."
@@ -172,7 +172,7 @@ def cancel_run(ws: Workspace, run_id: str) -> str:
 
 def resume_run(ws: Workspace, run_id: str) -> str:
     try:
-        run = jobs.resume(ws, run_id)
+        run = runs.resume(ws, run_id)
     except StudioError as exc:
         _fail(exc)
     last = run.folder.last_checkpoint()
@@ -181,7 +181,7 @@ def resume_run(ws: Workspace, run_id: str) -> str:
 
 def rerun_run(ws: Workspace, run_id: str) -> tuple[str, str]:
     try:
-        run = jobs.rerun(ws, run_id)
+        run = submit.rerun(ws, run_id)
     except StudioError as exc:
         _fail(exc)
     return f"New run {run.id} queued with exactly the settings of {run_id}.", run.id
@@ -191,7 +191,7 @@ def delete_run(ws: Workspace, run_id: str, confirmed: bool) -> str:
     if not confirmed:
         raise gr.Error("Tick 'Yes, delete its files' first: deleting a run removes its adapter and checkpoints.")
     try:
-        jobs.delete(ws, run_id)
+        runs.delete(ws, run_id)
     except StudioError as exc:
         _fail(exc)
     return f"Deleted {run_id} and its files."
@@ -199,11 +199,11 @@ def delete_run(ws: Workspace, run_id: str, confirmed: bool) -> str:
 
 def run_command(ws: Workspace, run_id: str) -> str:
     try:
-        run = jobs.get_run(ws, run_id)
+        run = runs.get_run(ws, run_id)
     except StudioError as exc:
         _fail(exc)
     manifest = run.folder.read_manifest()
-    return jobs.command_line(run.base_model, run.dataset_id, run.preset or "balanced", manifest.get("overrides"),
+    return submit.command_line(run.base_model, run.dataset_id, run.preset or "balanced", manifest.get("overrides"),
                              run.name)
 
 

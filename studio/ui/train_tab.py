@@ -14,7 +14,7 @@ from studio.core.errors import InvalidInput, StudioError
 from studio.core.workspace import Workspace
 from studio.data.store import list_versions
 from studio.models.catalog import DEMO_MODEL, catalog, catalog_entry
-from studio.training import runs as jobs
+from studio.training import runs, submit
 from studio.training.config import PRESET_FIELDS, TrainConfig, field_help
 from studio.training.fitcheck import FitEstimate, duration
 from studio.training.presets import DEFAULT_PRESET, build_config, load_preset, preset_names
@@ -135,7 +135,7 @@ def check_fit(ws: Workspace, dataset: str | None, model: str, preset: str, *valu
     """The fit check as Markdown, and the change that fits (empty when it fits)."""
     try:
         cfg, _ = _config(dataset, model, preset, list(values))
-        plan = jobs.plan(ws, cfg)
+        plan = submit.plan(ws, cfg)
     except StudioError as exc:
         _fail(exc)
     if plan.estimate is None:
@@ -167,7 +167,7 @@ def show_command(dataset: str | None, model: str, preset: str, name: str, *value
         cfg, overrides = _config(dataset, model, preset, list(values))
     except StudioError as exc:
         _fail(exc)
-    return jobs.command_line(cfg.base_model, cfg.dataset_id, preset, overrides, (name or "").strip() or None)
+    return submit.command_line(cfg.base_model, cfg.dataset_id, preset, overrides, (name or "").strip() or None)
 
 
 def start(ws: Workspace, dataset: str | None, model: str, preset: str, name: str, force: bool,
@@ -175,11 +175,11 @@ def start(ws: Workspace, dataset: str | None, model: str, preset: str, name: str
     """Freeze the settings into a new run and queue it; the background scheduler starts it."""
     try:
         cfg, overrides = _config(dataset, model, preset, list(values))
-        run = jobs.submit(ws, cfg, preset=preset, overrides=overrides, name=(name or "").strip() or None,
+        run = submit.submit(ws, cfg, preset=preset, overrides=overrides, name=(name or "").strip() or None,
                           force=bool(force))
     except StudioError as exc:
         _fail(exc)
-    ahead = len(jobs.queue(ws)) - 1 + len(jobs.list_runs(ws, "running"))
+    ahead = len(runs.queue(ws)) - 1 + len(runs.list_runs(ws, "running"))
     when = "It starts in a moment." if ahead == 0 else f"It starts after the {ahead} run(s) before it."
     notice = f"\n\n> ℹ️ {run.notice}" if run.notice else ""
     return f"Run **{run.id}** is queued. {when} Its progress shows below and in the Runs tab.{notice}", run.id

@@ -1,0 +1,178 @@
+"""Submitting a run: the fit check for a config on this machine (plan), freezing the config into a new run
+folder and queueing it (submit), re-running a run's exact config, and the `studio train` line for a form.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import time
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from studio.core.db import now
+from studio.core.errors import ResourceError
+from studio.core.files import write_json_atomic
+from studio.training import launchers
+from studio.training.config import TrainConfig, load_yaml
+from studio.training.folder import RunFolder
+from studio.training.runs import Run, get_run
+
+if TYPE_CHECKING:
+    from studio.core.workspace import Workspace
+    from studio.training.fitcheck import FitEstimate
+
+
+class Plan(BaseModel):
+    """What the Train tab shows before Start: the frozen config, and the fit check for it."""
+
+    config: TrainConfig
+    estimate: dict[str, Any] | None = None  # FitEstimate as a dict (None: model shape unknown)
+    summary: str
+    device: str
+
+
+# ------------------------------------------------------------------------------------------ planning
+
+
+def plan(ws: Workspace, cfg: TrainConfig) -> Plan:
+    """The fit check for `cfg` on this machine: the first GPU (or the CPU), this dataset's lengths."""
+    import psutil
+
+    from studio.core.errors import ModelUnavailable
+    from studio.core.system import gpus
+    from studio.data.store import get_version
+    from studio.models.resolve import model_shape
+    from studio.training import fitcheck
+
+    get_version(ws, cfg.dataset_id)  # a missing dataset is refused before anything else
+    shape = model_shape(ws, cfg.base_model)
+    found = gpus()
+    gpu = found[0] if found else None
+    device = f"GPU 0 ({gpu['name']})" if gpu else "the CPU"
+    if shape is None:
+        return Plan(config=cfg, summary=f"No fit check: the size of '{cfg.base_model}' is unknown until it is "
+                    "downloaded (it is not in the catalog).", device=device)
+    try:
+        stats = fitcheck.dataset_stats(ws, cfg.dataset_id, cfg.base_model)
+    except ModelUnavailable:  # a local folder that is not a model: the run itself will say so
+        stats = {}
+    estimate = fitcheck.estimate(shape, cfg, stats, gpu, available_bytes=psutil.virtual_memory().available)
+    return Plan(config=cfg, estimate=estimate.model_dump(), summary=estimate.summary(), device=device)
+
+
+# ------------------------------------------------------------------------------------------ submitting
+
+
+def _new_id() -> str:
+    return time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def submit(
+    ws: Workspace,
+    cfg: TrainConfig,
+    *,
+    preset: str = "",
+    overrides: dict[str, Any] | None = None,
+    name: str | None = None,
+    force: bool = False,
+    estimate: FitEstimate | dict | None = None,
+    launcher: str = launchers.DEFAULT,
+) -> Run:
+    """Freeze `cfg` into a new run folder, register the run and queue it for `launcher` to start.
+
+    Refused (ResourceError, with the change that fits) when the fit check says it cannot fit the
+    device's whole memory, unless force=True.
+    """
+    from studio.data.store import get_version
+    from studio.models.resolve import resolve
+
+    launcher = launchers.get(launcher).name
+    version = get_version(ws, cfg.dataset_id)
+    resolved = resolve(ws, cfg.base_model)
+    if estimate is None:
+        estimate = plan(ws, cfg).estimate
+    elif not isinstance(estimate, dict):
+        estimate = estimate.model_dump()
+    if estimate and not force:
+        _refuse_if_too_big(estimate)
+    run_id = _new_id()
+    folder = RunFolder(ws.runs_dir / run_id)
+    folder.path.mkdir(parents=True)
+    folder.config.write_text(cfg.to_yaml(), encoding="utf-8")
+    manifest = {
+        "run_id": run_id,
+        "created_at": now(),
+        "preset": preset,
+        "overrides": overrides or {},
+        "base_model": {"name": cfg.base_model, "source": resolved.source, "local": resolved.local},
+        "dataset": {
+            "id": version.id, "name": version.name, "content_hash": version.content_hash,
+            "template": version.template or "model", "system_prompt": version.system_prompt,
+            "path": version.path, "rows_train": version.rows_train, "rows_val": version.rows_val,
+        },
+        "fit_check": estimate,
+    }
+    write_json_atomic(folder.manifest, manifest)
+    stamp = now()
+    row = {
+        "id": run_id, "name": (name or "").strip() or f"{cfg.base_model.split('/')[-1]} on {version.name}",
+        "dataset_id": version.id, "base_model": cfg.base_model, "preset": preset,
+        "config_json": cfg.model_dump_json(), "status": "queued", "created_at": stamp, "queued_at": stamp,
+        "path": str(folder.path), "attempts": 0, "step": 0, "launcher": launcher,
+        "max_steps": (estimate or {}).get("steps") or None,
+    }
+    try:
+        with ws.db() as db:
+            db["runs"].insert(row)
+    except BaseException:
+        shutil.rmtree(folder.path, ignore_errors=True)
+        raise
+    return get_run(ws, run_id)
+
+
+def _refuse_if_too_big(estimate: dict) -> None:
+    from studio.core.system import gpus
+    from studio.training.fitcheck import SAFETY_MARGIN, gb
+
+    peak = estimate["peak_bytes"]
+    if estimate["precision"] == "32bit":
+        import psutil
+
+        limit, where = psutil.virtual_memory().total, "this computer's memory"
+    else:
+        found = gpus()
+        if not found:
+            return
+        limit, where = int(found[0]["memory_total_gb"] * 1024**3), f"the GPU ({found[0]['name']})"
+    if peak > limit * SAFETY_MARGIN:
+        raise ResourceError(
+            f"This run needs about {gb(peak)} but {where} has {gb(limit)} in all, so it would run out of memory.",
+            estimate.get("suggestion") or "Use the low-memory preset or a smaller model.",
+        )
+
+
+def rerun(ws: Workspace, run_id: str) -> Run:
+    """A new run with exactly the same frozen config (the dataset version and preset too)."""
+    run = get_run(ws, run_id)
+    cfg = load_yaml(run.folder.config.read_text(encoding="utf-8"))
+    manifest = run.folder.read_manifest()
+    return submit(ws, cfg, preset=run.preset, overrides=manifest.get("overrides"),
+                  name=f"{run.name} (re-run)", estimate=manifest.get("fit_check"), force=True,
+                  launcher=run.launcher or launchers.DEFAULT)
+
+
+def command_line(base_model: str, dataset_id: str, preset: str, overrides: dict[str, Any] | None = None,
+                 name: str | None = None) -> str:
+    """The `studio train` line that starts the same run as the Train tab's form."""
+    import shlex
+
+    parts = ["studio", "train", "--data", dataset_id, "--model", base_model, "--preset", preset]
+    for key, value in (overrides or {}).items():
+        text = json.dumps(value) if isinstance(value, list | bool) else str(value)
+        parts += ["--set", f"{key}={text}"]
+    if name:
+        parts += ["--name", name]
+    return " ".join(shlex.quote(p) for p in parts)
