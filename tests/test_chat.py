@@ -11,7 +11,7 @@ import pytest
 
 from studio.core.errors import InvalidInput
 from studio.evaluation import feedback
-from studio.serving import chat
+from studio.serving import chat, client, launch
 
 
 def test_gradio_content_is_flattened_into_messages():
@@ -70,7 +70,7 @@ def test_a_correction_on_a_run_extends_the_run_dataset(trained_run):
 def run_endpoint(trained_run):
     from studio.serving import endpoints
 
-    ep = endpoints.start_for_run(trained_run.ws, trained_run.run_id)
+    ep = launch.start_for_run(trained_run.ws, trained_run.run_id)
     yield ep
     endpoints.stop_endpoint(trained_run.ws, ep.id)
 
@@ -79,9 +79,9 @@ def run_endpoint(trained_run):
 def test_copied_curl_and_python_requests_give_the_chat_answer(run_endpoint, trained_run, tmp_path):
     settings = chat.Settings(max_new_tokens=30, seed=5)
     messages = chat.build_messages([], "How do I reset my password?", "")
-    streamed = "".join(chat.stream_chat(run_endpoint.url, chat.chat_body(trained_run.run_id, messages, settings)))
+    streamed = "".join(client.stream_chat(run_endpoint.url, chat.chat_body(trained_run.run_id, messages, settings)))
     body = chat.chat_body(trained_run.run_id, messages, settings, stream=False)
-    assert chat.complete_chat(run_endpoint.url, body) == streamed
+    assert client.complete_chat(run_endpoint.url, body) == streamed
     script = tmp_path / "request.py"
     script.write_text(chat.as_python(run_endpoint.url, body))
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)

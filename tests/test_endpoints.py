@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from studio.core.errors import Conflict, InvalidInput, ModelUnavailable, NotFound
-from studio.serving import endpoints
+from studio.serving import adapters, endpoints, launch
 
 pytestmark = pytest.mark.slow
 
@@ -25,15 +25,16 @@ def studio_cli(home, *args) -> subprocess.CompletedProcess:
 
 
 def test_run_endpoint_serves_base_and_tuned_then_admission_control_stops_it(trained_run):
-    from studio.evaluation.runner import token_f1
-    from studio.serving.chat import Settings, build_messages, chat_body, client, complete_chat, served_models
+    from studio.evaluation.scores import token_f1
+    from studio.serving.chat import Settings, build_messages, chat_body
+    from studio.serving.client import client, complete_chat, served_models
 
     ws, run_id = trained_run.ws, trained_run.run_id
-    ep = endpoints.start_for_run(ws, run_id)
+    ep = launch.start_for_run(ws, run_id)
     try:
         assert ep.status == "ready" and ep.run_id == run_id and ep.url.startswith("http://127.0.0.1:")
         assert served_models(ep.url) == ["demo-tiny", run_id]
-        assert endpoints.start_for_run(ws, run_id).id == ep.id  # a live one is reused, not doubled
+        assert launch.start_for_run(ws, run_id).id == ep.id  # a live one is reused, not doubled
         assert endpoints.find_endpoint_for_run(ws, run_id).id == ep.id
         messages = build_messages([], "How do I reset my password?")
         settings = Settings(max_new_tokens=40)
@@ -58,7 +59,7 @@ def test_killed_endpoint_is_marked_failed_with_its_log_then_removed(ws, tmp_path
     from test_serve_support import make_adapter
 
     adapter = make_adapter(demo_model_source, tmp_path / "adapter", seed=3)
-    ep = endpoints.start_endpoint(ws, "demo-tiny", {"support": str(adapter)}, name="to-kill")
+    ep = launch.start_endpoint(ws, "demo-tiny", {"support": str(adapter)}, name="to-kill")
     assert endpoints.get_endpoint(ws, "to-kill").status == "ready"
     os.killpg(ep.pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
@@ -105,26 +106,26 @@ def test_endpoint_outlives_the_studio_process_and_is_readopted(ws, tmp_path, dem
 
 def test_start_refusals_are_clear(ws, tmp_path):
     with pytest.raises(NotFound, match="no run 'run-missing'"):
-        endpoints.start_for_run(ws, "run-missing")
+        launch.start_for_run(ws, "run-missing")
     with pytest.raises(InvalidInput, match="neither a run id nor a folder"):
-        endpoints.start_endpoint(ws, "demo-tiny", {"x": str(tmp_path)})
+        launch.start_endpoint(ws, "demo-tiny", {"x": str(tmp_path)})
     with pytest.raises(InvalidInput, match="cannot name an adapter"):
-        endpoints.start_endpoint(ws, "demo-tiny", {"base": str(tmp_path)})
+        launch.start_endpoint(ws, "demo-tiny", {"base": str(tmp_path)})
     with pytest.raises(InvalidInput, match="not NAME=RUN"):
-        endpoints.parse_adapter_specs(["just-a-path"])
+        adapters.parse_adapter_specs(["just-a-path"])
     import socket
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         with pytest.raises(Conflict, match="already in use"):
-            endpoints.start_endpoint(ws, "demo-tiny", port=busy.getsockname()[1])
+            launch.start_endpoint(ws, "demo-tiny", port=busy.getsockname()[1])
     assert endpoints.list_endpoints(ws) == []  # nothing half-registered
 
 
 def test_four_bit_without_cuda_is_refused_with_the_reason(ws):
     with pytest.raises(ModelUnavailable, match="4-bit serving needs a CUDA GPU"):
-        endpoints.start_endpoint(ws, "demo-tiny", quantize="4bit")
+        launch.start_endpoint(ws, "demo-tiny", quantize="4bit")
     [failed] = endpoints.list_endpoints(ws)
     assert failed.status == "failed" and "4-bit serving needs a CUDA GPU" in failed.error
 
@@ -142,3 +143,33 @@ def test_remote_endpoint_registration_checks_the_server(ws):
         endpoints.stop_endpoint(ws, "prod")
     endpoints.remove_endpoint(ws, "prod")
     assert endpoints.list_endpoints(ws) == []
+
+
+def test_two_starts_of_the_same_runs_endpoint_at_once_run_one_process(trained_run):
+    """The Chat tab's two columns (or two browsers) asking for the run's endpoint at the same moment."""
+    import threading
+
+    ws, run_id = trained_run.ws, trained_run.run_id
+    for ep in endpoints.list_endpoints(ws, include_stopped=False):  # an earlier test's endpoint for this run
+        if run_id in ep.adapters:
+            endpoints.stop_endpoint(ws, ep.id)
+    barrier, got = threading.Barrier(2), []
+
+    def start():
+        barrier.wait()
+        got.append(launch.start_for_run(ws, run_id))
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    try:
+        assert len(got) == 2 and got[0].id == got[1].id and got[0].status == "ready"
+        live = [ep for ep in endpoints.list_endpoints(ws, include_stopped=False) if run_id in ep.adapters]
+        assert [ep.id for ep in live] == [got[0].id]
+        with ws.db() as db:  # no second process was started and then left over
+            assert db.execute("SELECT count(*) FROM endpoints WHERE run_id = ? AND status = 'failed'",
+                              [run_id]).fetchone()[0] == 0
+    finally:
+        endpoints.stop_endpoint(ws, got[0].id)

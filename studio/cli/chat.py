@@ -50,7 +50,8 @@ def _body(args, ws):
 
 
 def run_ask(args, ws) -> Output | None:
-    from studio.serving.chat import as_curl, as_python, complete_chat, stream_chat
+    from studio.serving.chat import as_curl, as_python
+    from studio.serving.client import complete_chat, stream_chat
 
     target, body = _body(args, ws)
     if target.started:

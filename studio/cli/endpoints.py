@@ -61,7 +61,8 @@ def run_list(args, ws) -> Output:
 
 
 def run_start(args, ws) -> Output:
-    from studio.serving.endpoints import parse_adapter_specs, start_endpoint, start_for_run
+    from studio.serving.adapters import parse_adapter_specs
+    from studio.serving.launch import start_endpoint, start_for_run
     
     if args.run:
         ep = start_for_run(ws, args.run, port=args.port, wait=not args.no_wait, quantize=args.quantize)

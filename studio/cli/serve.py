@@ -30,8 +30,9 @@ def register(verbs, common) -> None:
 
 
 def run(args, ws) -> Output | None:
-    from studio.models.catalog import resolve
-    from studio.serving.endpoints import check_adapter_name, parse_adapter_specs, resolve_adapter, server_argv
+    from studio.models.resolve import resolve
+    from studio.serving.adapters import check_adapter_name, parse_adapter_specs, resolve_adapter
+    from studio.serving.launch import server_argv
     
     source = resolve(ws, args.model).source
     adapters = {check_adapter_name(name, args.model): resolve_adapter(ws, ref)

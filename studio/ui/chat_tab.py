@@ -17,7 +17,7 @@ import gradio as gr
 from studio.core.errors import StudioError
 from studio.core.workspace import Workspace
 from studio.evaluation import feedback
-from studio.serving import chat, endpoints
+from studio.serving import chat, client, endpoints
 
 GUIDE = """### Chat with your tuned model beside the base model
 Pick a **finished run** (or an endpoint), type a question, press **Send**: the **left** pane answers with the
@@ -86,7 +86,7 @@ def stream_panes(url: str, bodies: dict[str, dict]):
 
     def work(pane: str, body: dict) -> None:
         try:
-            for piece in chat.stream_chat(url, body):
+            for piece in client.stream_chat(url, body):
                 events.put((pane, piece, None))
         except StudioError as exc:
             events.put((pane, None, exc))

@@ -12,7 +12,6 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,34 +20,20 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from studio import __version__
-from studio.serving.server.engine import Engine, Job, Sampling
-from studio.serving.server.model import ChatFormat, Served
+from studio.serving.server.engine import Engine, Job
+from studio.serving.server.model import Served
+from studio.serving.server.prepare import Prepared, prepare_chat, prepare_generate
 from studio.serving.server.schemas import (
-    BASE_ALIASES,
     ApiError,
     ChatRequest,
     CompatGenerateRequest,
     GenerateRequest,
-    check_chat_unsupported,
-    check_generate_unsupported,
-    check_sampling,
     invalid,
     parse,
 )
 
 ROUTER = "studio-embedded-endpoint"
 FINISH_TO_OPENAI = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
-
-
-@dataclass
-class Prepared:
-    """A validated request, ready for the engine."""
-
-    input_ids: list[int]
-    adapter: str | None
-    fmt: ChatFormat
-    sampling: Sampling
-    model_name: str
 
 
 class Gate:
@@ -87,85 +72,6 @@ def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int =
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
         return JSONResponse(invalid(str(exc.errors()[0].get("msg"))).body(), status_code=422)
-
-    # ------------------------------------------------------------------ helpers
-
-    def adapter_for(name: str | None) -> str | None:
-        """None for the base model; an adapter name; anything else is refused."""
-        if name is None or name in BASE_ALIASES or name in (served.served_name, served.source) \
-                or name.startswith(("http://", "https://")):
-            return None
-        if name in served.adapters:
-            return name
-        known = ", ".join(served.adapters) or "none"
-        raise invalid(f"adapter `{name}` is not served by this endpoint. Base model: `{served.served_name}`; "
-                      f"adapters: {known}")
-
-    def budget(n_input: int, max_new: int | None, fmt: ChatFormat, field: str) -> int:
-        if n_input > served.max_input_tokens:
-            raise invalid(f"`inputs` must have less than {served.max_input_tokens} tokens. Given: {n_input}")
-        room = served.max_total_tokens - n_input
-        if max_new is None:
-            return max(1, min(fmt.default_max_new_tokens, room))
-        if max_new <= 0:
-            raise invalid(f"`{field}` must be strictly positive")
-        if max_new > room:
-            raise invalid(f"`inputs` tokens + `{field}` must be <= {served.max_total_tokens}. "
-                          f"Given: {n_input} `inputs` tokens and {max_new} `{field}`")
-        return max_new
-
-    def prepare_generate(req: GenerateRequest) -> Prepared:
-        p = req.parameters
-        check_generate_unsupported(p)
-        check_sampling(temperature=p.temperature, top_k=p.top_k, top_p=p.top_p, typical_p=p.typical_p,
-                       repetition_penalty=p.repetition_penalty, frequency_penalty=p.frequency_penalty,
-                       seed=p.seed, stop=p.stop)
-        if not req.inputs.strip():
-            raise invalid("`inputs` cannot be empty")
-        adapter = adapter_for(p.adapter_id)
-        fmt = served.format_for(adapter)
-        ids = fmt.tokenizer(req.inputs)["input_ids"]
-        if p.truncate is not None:
-            ids = ids[-p.truncate:]
-        temperature = p.temperature or 1.0
-        top_p, typical_p = p.top_p or 1.0, p.typical_p or 1.0
-        do_sample = p.do_sample or temperature != 1.0 or bool(p.top_k) or top_p < 1.0 or typical_p < 1.0
-        sampling = Sampling(
-            max_new_tokens=budget(len(ids), p.max_new_tokens, fmt, "max_new_tokens"), do_sample=do_sample,
-            temperature=temperature, top_k=p.top_k or 0, top_p=top_p, typical_p=typical_p,
-            repetition_penalty=p.repetition_penalty or 1.0, frequency_penalty=p.frequency_penalty or 0.0,
-            seed=p.seed, stop=list(p.stop), top_n_tokens=p.top_n_tokens or 0,
-            prefill_details=p.decoder_input_details and p.details,
-        )
-        return Prepared(ids, adapter, fmt, sampling, adapter or served.served_name)
-
-    def prepare_chat(req: ChatRequest) -> Prepared:
-        check_chat_unsupported(req)
-        check_sampling(temperature=req.temperature, top_k=None, top_p=req.top_p, typical_p=None,
-                       repetition_penalty=None, frequency_penalty=req.frequency_penalty,
-                       presence_penalty=req.presence_penalty, seed=req.seed, stop=req.stop, chat=True)
-        messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-        if not any(m["content"].strip() for m in messages):
-            raise invalid("`messages` cannot be empty")
-        adapter = adapter_for(req.model)
-        fmt = served.format_for(adapter)
-        if not fmt.has_template:
-            raise invalid(f"`{req.model or served.served_name}` has no chat template; use /generate with a prompt")
-        try:
-            prompt = fmt.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception as exc:  # the template's own complaint (roles out of order...) is the message
-            raise invalid(f"the chat template refused these messages: {exc}") from None
-        ids = fmt.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        greedy = req.temperature == 0
-        sampling = Sampling(
-            max_new_tokens=budget(len(ids), req.max_tokens, fmt, "max_tokens"), do_sample=not greedy,
-            temperature=1.0 if greedy or req.temperature is None else req.temperature,
-            top_p=req.top_p or 1.0, frequency_penalty=req.frequency_penalty or 0.0,
-            presence_penalty=req.presence_penalty or 0.0, seed=req.seed,
-            stop=sorted(set(req.stop or []) | set(fmt.stop)),
-            top_n_tokens=(req.top_logprobs or 0) if req.logprobs else 0,
-        )
-        return Prepared(ids, adapter, fmt, sampling, adapter or served.served_name)
 
     async def run(prep: Prepared) -> AsyncIterator[dict]:
         """Submit to the engine and yield its events; abandoning the iterator cancels the request."""
@@ -213,7 +119,7 @@ def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int =
     # ------------------------------------------------------------------ /generate and friends
 
     async def generate_response(req: GenerateRequest) -> dict:
-        prep = prepare_generate(req)
+        prep = prepare_generate(served, req)
         tokens, top, prefill, end = [], [], [], None
         async for event in run(prep):
             if event["type"] == "token":
@@ -237,7 +143,7 @@ def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int =
         return response
 
     def generate_stream(req: GenerateRequest) -> StreamingResponse:
-        prep = prepare_generate(req)  # validation errors leave as a 422 before the stream starts
+        prep = prepare_generate(served, req)  # validation errors leave as a 422 before the stream starts
         gate.check()
 
         async def events() -> AsyncIterator[str]:
@@ -288,7 +194,7 @@ def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int =
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         req = await body_of(request, ChatRequest)
-        prep = prepare_chat(req)
+        prep = prepare_chat(served, req)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
                 "model": prep.model_name, "system_fingerprint": fingerprint}
         if req.stream:
