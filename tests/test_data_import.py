@@ -136,7 +136,7 @@ def test_messages_jsonl_multi_turn(ws, tmp_path):
 
 def test_preview_marks_exactly_the_answer_tokens(ws):
     from studio.data.templates import apply_template
-    from studio.models.catalog import load_tokenizer
+    from studio.models.resolve import load_tokenizer
 
     inspection = inspect_file(SAMPLES / "support_faq.csv")
     prepared = prepare(ws, inspection.table, inspection.guess.mapping, system_prompt="Be kind.")
@@ -157,7 +157,7 @@ def test_preview_marks_exactly_the_answer_tokens(ws):
 
 def test_fallback_templates_and_apply_template(ws):
     from studio.data.templates import FALLBACK_TEMPLATES, apply_template, default_template
-    from studio.models.catalog import load_tokenizer
+    from studio.models.resolve import load_tokenizer
 
     tokenizer = load_tokenizer(ws, "demo-tiny")
     assert default_template(tokenizer) == "model"
@@ -247,7 +247,7 @@ def test_fast_rendering_counts_exactly_what_the_template_gives(ws):
     from studio.data.mapping import build_conversations
     from studio.data.render import count_tokens
     from studio.data.templates import apply_template
-    from studio.models.catalog import load_tokenizer
+    from studio.models.resolve import load_tokenizer
 
     inspection = inspect_file(SAMPLES / "clinical_notes.csv")
     conv = build_conversations(inspection.table, inspection.guess.mapping, "Be precise.")
@@ -272,11 +272,11 @@ def test_fast_rendering_counts_exactly_what_the_template_gives(ws):
 
 
 def test_a_csv_read_in_many_blocks_gives_the_same_version(ws, tmp_path, monkeypatch):
-    from studio.data import ingest
+    from studio.data.readers import delimited
 
     path = write_csv(tmp_path / "many.csv", good_rows(300))
     one = prepare(ws, inspect_file(path).table, {"instruction": "question", "output": "answer"})
-    monkeypatch.setattr(ingest, "CSV_BLOCK_BYTES", 4096)  # several blocks: Arrow hands back chunked columns
+    monkeypatch.setattr(delimited, "CSV_BLOCK_BYTES", 4096)  # several blocks: Arrow hands back chunked columns
     table = inspect_file(path).table
     many = prepare(ws, table, {"instruction": "question", "output": "answer"})
     assert many.content_hash == one.content_hash and many.report["rows_train"] == one.report["rows_train"] == 270
@@ -308,7 +308,7 @@ def test_a_template_that_refuses_the_system_role_says_what_to_do(ws):
 
 
 def load_demo_tokenizer(ws):
-    from studio.models.catalog import load_tokenizer
+    from studio.models.resolve import load_tokenizer
 
     return load_tokenizer(ws, "demo-tiny")
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from studio.core.errors import InvalidInput
-from studio.data.ingest import SourceTable
 from studio.data.mapping import build_conversations, check_mapping, guess_mapping
+from studio.data.table import SourceTable
 
 
 def table(columns, rows=None, object_columns=()):

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
 from studio.core.errors import InvalidInput
-from studio.data.ingest import SourceTable, read_table, release_memory
+from studio.data.ingest import read_table, release_memory
 from studio.data.mapping import MappingGuess, build_conversations, check_mapping, guess_mapping
+from studio.data.split import Outcome, content_hash, rejected_frame, seeded_split, uploaded_split
+from studio.data.table import SourceTable
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -137,17 +137,17 @@ def prepare(
             length_policy=length_policy, row_numbers=source.rows, row_label=source.row_label,
         )
 
-    outcome = _Outcome({"data": table, "validation": val_table})
+    outcome = Outcome({"data": table, "validation": val_table})
     main = outcome.add("data", check(table, mapping))
     release_memory()
     if val_table is None:
-        split = _seeded_split(main, val_fraction=val_fraction, val_size=val_size, seed=seed)
+        split = seeded_split(main, val_fraction=val_fraction, val_size=val_size, seed=seed)
     else:
         try:
             val_mapping = check_mapping(val_table, mapping)
         except InvalidInput as exc:
             raise InvalidInput(f"Validation file: {exc.message}", exc.fix) from exc
-        split = _uploaded_split(main, outcome.add("validation", check(val_table, val_mapping)), outcome,
+        split = uploaded_split(main, outcome.add("validation", check(val_table, val_mapping)), outcome,
                                 val_table.name)
     release_memory()
     report = {
@@ -179,15 +179,15 @@ def prepare(
     return Prepared(
         name=(name or Path(table.name).stem).strip() or "dataset",
         train=split.train, val=split.val if len(split.val) else pa.array([], split.train.type),
-        report=report, rejected=_rejected_frame(outcome.rejected, outcome.tables), previews=previews,
-        content_hash=_content_hash(settings, split.train, split.val), fields=fields, template_text=template_text,
+        report=report, rejected=rejected_frame(outcome.rejected, outcome.tables), previews=previews,
+        content_hash=content_hash(settings, split.train, split.val), fields=fields, template_text=template_text,
     )
 
 
 def _tokenizer(ws: Workspace, base_model: str, template: str | None, max_length: int | None):
     """The base model's tokenizer with the chosen chat template set, the template's name, the max length."""
     from studio.data.templates import TEMPLATE_CHOICES, apply_template, default_template
-    from studio.models.catalog import load_tokenizer
+    from studio.models.resolve import load_tokenizer
 
     tokenizer = load_tokenizer(ws, base_model)
     template = (template or "").strip() or default_template(tokenizer)
@@ -202,95 +202,6 @@ def _tokenizer(ws: Workspace, base_model: str, template: str | None, max_length:
     return tokenizer, template, max_length
 
 
-@dataclass
-class _Split:
-    train: pa.ListArray
-    train_index: np.ndarray  # source rows of the training chats
-    val: pa.ListArray
-    train_tokens: np.ndarray
-    val_tokens: np.ndarray
-    answer_tokens: np.ndarray
-    leaks: int  # validation rows whose question is also a training question (0 after an uploaded file's check)
-    source: str  # how the validation rows were chosen
-
-
-def _seeded_split(main, *, val_fraction: float, val_size: int | None, seed: int) -> _Split:
-    import pyarrow as pa
-
-    from studio.data.checks import leaked, split_rows
-
-    is_val = split_rows(main.question_keys, val_fraction=val_fraction, val_size=val_size, seed=seed)
-    train_pos, val_pos = np.flatnonzero(~is_val), np.flatnonzero(is_val)
-    (train, train_index), (val, _) = main.kept.take_messages(train_pos), main.kept.take_messages(val_pos)
-    keys = main.question_keys
-    leaks = leaked(keys.take(pa.array(train_pos)), keys.take(pa.array(val_pos)))
-    share = f"{val_size} rows" if val_size is not None else f"{val_fraction:g} of the rows"
-    return _Split(train, train_index, val, main.tokens[train_pos], main.tokens[val_pos], main.answer_tokens,
-                  len(leaks), f"seeded split (seed {seed}, {share})")
-
-
-def _uploaded_split(main, val, outcome: _Outcome, val_name: str) -> _Split:
-    """The uploaded validation file's rows, less those whose question is also in the training rows."""
-    from studio.data.checks import leaked
-
-    leaks = leaked(main.question_keys, val.question_keys)
-    for pos in leaks:
-        outcome.reject("leaked into validation", "validation", int(val.kept.index[pos]),
-                       "the same question is in the training data")
-    keep = np.setdiff1d(np.arange(len(val.kept)), leaks)
-    (train, train_index), (val_messages, _) = main.kept.take_messages(np.arange(len(main.kept))), \
-        val.kept.take_messages(keep)
-    return _Split(train, train_index, val_messages, main.tokens, val.tokens[keep],
-                  np.concatenate([main.answer_tokens, val.answer_tokens[keep]]), 0, f"uploaded file {val_name}")
-
-
-class _Outcome:
-    """What the checks of both files found, each row tagged with its file ("data" or "validation")."""
-
-    def __init__(self, tables: dict[str, SourceTable | None]):
-        self.tables = tables
-        self.reasons: dict[str, list[tuple[str, int]]] = {}
-        self.warnings: dict[str, list[tuple[str, int]]] = {}
-        self.rejected: list[tuple[str, int, str]] = []
-        self.truncated: list[tuple[str, int]] = []
-        self.counted: list[np.ndarray] = []
-
-    def add(self, source: str, checked):
-        for key, items in checked.reasons.items():
-            self.reasons.setdefault(key, []).extend((source, i) for i in items)
-        for key, items in checked.warnings.items():
-            self.warnings.setdefault(key, []).extend((source, i) for i in items)
-        self.rejected += [(source, i, r) for i, r in checked.rejected]
-        self.truncated += [(source, i) for i in checked.truncated]
-        self.counted.append(checked.counted_tokens)
-        return checked
-
-    def reject(self, check: str, source: str, index: int, reason: str) -> None:
-        self.rejected.append((source, index, reason))
-        self.reasons.setdefault(check, []).append((source, index))
-
-    def numbers(self, items: list[tuple[str, int]]) -> list[int]:
-        return [int(self.tables[src].rows[i]) for src, i in items]
-
-    def report(self, split: _Split, max_length: int, label: str) -> dict[str, Any]:
-        from studio.data.report import check_entry, histogram, token_stats
-
-        checks = [check_entry(k, "rejected", self.numbers(v), label) for k, v in self.reasons.items() if v]
-        if self.truncated:
-            checks.append(check_entry("too long", "truncated", self.numbers(self.truncated), label))
-        if split.leaks:
-            checks.append(check_entry("leaked into validation", "warning", [], label, total=split.leaks))
-        checks += [check_entry(k, "warning", self.numbers(v), label) for k, v in self.warnings.items() if v]
-        counted = np.concatenate(self.counted)
-        return {
-            "rows_truncated": len(self.truncated),
-            "tokens": token_stats(np.concatenate([split.train_tokens, split.val_tokens])),
-            "tokens_train": int(split.train_tokens.sum()), "answer_tokens": token_stats(split.answer_tokens),
-            "histogram": histogram(counted, max_length), "rows_over_max_length": int((counted > max_length).sum()),
-            "checks": checks,
-        }
-
-
 def _model_context(base_model: str, tokenizer) -> int | None:
     from studio.models.catalog import catalog_entry
 
@@ -299,46 +210,6 @@ def _model_context(base_model: str, tokenizer) -> int | None:
         return entry.context
     length = getattr(tokenizer, "model_max_length", 0) or 0
     return int(length) if 0 < length < 10**7 else None
-
-
-def _rejected_frame(rejected: list[tuple[str, int, str]], tables: dict[str, SourceTable | None]) -> pd.DataFrame:
-    """One row per rejected source row: which file, its row number, the reason, then its original cells."""
-    import pandas as pd
-
-    parts = []
-    for src in ("data", "validation"):
-        items = [(i, r) for s, i, r in rejected if s == src]
-        table = tables[src]
-        if not items or table is None:
-            continue
-        items.sort()
-        index = [i for i, _ in items]
-        cells = table.frame.iloc[index].reset_index(drop=True)
-        for col in cells.columns:
-            if cells[col].dtype == object:
-                cells[col] = cells[col].map(lambda v: v if isinstance(v, str) else json.dumps(v, ensure_ascii=False,
-                                                                                             default=str))
-        head = pd.DataFrame({"file": src, "row": table.rows[index], "reason": [r for _, r in items]})
-        parts.append(pd.concat([head, cells], axis=1))
-    if not parts:
-        return pd.DataFrame(columns=["file", "row", "reason"])
-    return pd.concat(parts, ignore_index=True)
-
-
-def _content_hash(settings: dict[str, Any], train: pa.ListArray, val: pa.ListArray) -> str:
-    """sha256 of the settings that shape the rendering and of every message, in order, of both splits."""
-    from studio.data.render import field_lists
-
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
-    for split, messages in (("train", train), ("val", val)):
-        offsets, contents = field_lists(messages, "content")
-        _, roles = field_lists(messages, "role")
-        digest.update(f"\x1d{split}\x1d".encode())
-        digest.update(np.asarray(offsets, dtype=np.int64).tobytes())
-        for start in range(0, len(contents), 50_000):
-            digest.update("\x1f".join(roles.slice(start, 50_000).to_pylist()).encode())
-            digest.update("\x1f".join(contents.slice(start, 50_000).to_pylist()).encode())
-    return digest.hexdigest()
 
 
 def save(ws: Workspace, prepared: Prepared, name: str | None = None) -> tuple[DatasetVersion, bool]:
@@ -449,7 +320,7 @@ def preview_version(ws: Workspace, dataset_id: str, rows: int = PREVIEW_ROWS) ->
     from studio.data.render import preview_tokens
     from studio.data.store import get_version, load_split
     from studio.data.templates import apply_template
-    from studio.models.catalog import load_tokenizer
+    from studio.models.resolve import load_tokenizer
 
     version = get_version(ws, dataset_id)
     tokenizer = apply_template(load_tokenizer(ws, version.base_model or DEFAULT_BASE_MODEL), version.template)

@@ -20,7 +20,7 @@ from studio.core.errors import InvalidInput
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from studio.data.ingest import SourceTable
+    from studio.data.table import SourceTable
 
 ROLES = ("instruction", "input", "output", "system", "messages")
 ROLE_HELP = {
