@@ -11,7 +11,10 @@ from pathlib import Path
 import pytest
 
 from studio.core.errors import InvalidInput
-from studio.evaluation import runner as evaluate
+from studio.evaluation.ab import ab_pairs, ab_tally, ab_vote
+from studio.evaluation.golden import golden_from_rows, golden_hash, read_golden
+from studio.evaluation.runner import compare, evaluate_run, get_evaluation, list_evaluations
+from studio.evaluation.scores import SCORES, exact_match, rouge_l, token_f1
 
 SAMPLE_GOLDEN = Path(__file__).resolve().parents[1] / "assets" / "samples" / "support_faq_golden.csv"
 
@@ -26,53 +29,53 @@ SAMPLE_GOLDEN = Path(__file__).resolve().parents[1] / "assets" / "samples" / "su
     ("completely different", "nothing alike here", 0.0, 0.0, 0.0),
 ])
 def test_scores_on_known_examples(prediction, reference, em, f1, rouge):
-    assert evaluate.exact_match(prediction, reference) == em
-    assert evaluate.token_f1(prediction, reference) == pytest.approx(f1)
-    assert evaluate.rouge_l(prediction, reference) == pytest.approx(rouge)
+    assert exact_match(prediction, reference) == em
+    assert token_f1(prediction, reference) == pytest.approx(f1)
+    assert rouge_l(prediction, reference) == pytest.approx(rouge)
 
 
 def test_rouge_l_uses_the_longest_common_subsequence():
     # LCS of "a b c d e f" and "a x c y e z" (no articles here) is "c e" plus nothing else... check by hand:
     # normalize drops "a"; pred = b c d e f, ref = x c y e z -> LCS = c e (2): P = 2/5, R = 2/5
-    assert evaluate.rouge_l("a b c d e f", "a x c y e z") == pytest.approx(0.4)
+    assert rouge_l("a b c d e f", "a x c y e z") == pytest.approx(0.4)
 
 
 def test_golden_set_from_the_sample_file_and_from_a_table(tmp_path):
-    items = evaluate.read_golden(SAMPLE_GOLDEN)
+    items = read_golden(SAMPLE_GOLDEN)
     assert len(items) == 8 and items[0].question == "How do I reset my password?"
     assert items[0].reference.startswith("Open the sign-in page")
     table = [["What is BP?", "Blood pressure."], ["", ""], ["Refund time?", "Five days."]]
-    assert [i.question for i in evaluate.golden_from_rows(table)] == ["What is BP?", "Refund time?"]
+    assert [i.question for i in golden_from_rows(table)] == ["What is BP?", "Refund time?"]
     jsonl = tmp_path / "golden.jsonl"
     jsonl.write_text(json.dumps({"prompt": "Q1", "answer": "A1"}) + "\n")
-    assert evaluate.read_golden(jsonl)[0].reference == "A1"
-    assert evaluate.golden_hash(items) == evaluate.golden_hash(evaluate.read_golden(SAMPLE_GOLDEN))
+    assert read_golden(jsonl)[0].reference == "A1"
+    assert golden_hash(items) == golden_hash(read_golden(SAMPLE_GOLDEN))
 
 
 def test_bad_golden_sets_say_what_to_fix(tmp_path):
     with pytest.raises(InvalidInput, match="row 2: the reference answer is empty"):
-        evaluate.golden_from_rows([["Q1", "A1"], ["Q2", ""]])
+        golden_from_rows([["Q1", "A1"], ["Q2", ""]])
     with pytest.raises(InvalidInput, match="has no questions"):
-        evaluate.golden_from_rows([["", ""]])
+        golden_from_rows([["", ""]])
     wrong = tmp_path / "wrong.csv"
     wrong.write_text("text,label\nhello,greeting\n")
     with pytest.raises(InvalidInput, match="needs a question column") as exc:
-        evaluate.read_golden(wrong)
+        read_golden(wrong)
     assert "text, label" in str(exc.value)
 
 
 def test_ab_tally_counts_votes_for_the_hidden_model():
     pairs = [{"a_is": "tuned", "vote": "a"}, {"a_is": "base", "vote": "b"}, {"a_is": "base", "vote": "a"},
              {"a_is": "tuned", "vote": "tie"}, {"a_is": "tuned", "vote": None}]
-    assert evaluate.ab_tally(pairs) == {"tuned": 2, "base": 1, "tie": 1, "voted": 4, "total": 5}
+    assert ab_tally(pairs) == {"tuned": 2, "base": 1, "tie": 1, "voted": 4, "total": 5}
 
 
 @pytest.fixture(scope="module")
 def run_endpoint(trained_run):
     """One endpoint for the module: evaluate_run uses a live endpoint of the run instead of starting one."""
-    from studio.serving import endpoints
+    from studio.serving import endpoints, launch
 
-    ep = endpoints.start_for_run(trained_run.ws, trained_run.run_id)
+    ep = launch.start_for_run(trained_run.ws, trained_run.run_id)
     yield ep
     endpoints.stop_endpoint(trained_run.ws, ep.id)
 
@@ -80,13 +83,13 @@ def run_endpoint(trained_run):
 @pytest.mark.slow
 def test_evaluate_a_trained_run_store_compare_and_vote(trained_run, run_endpoint):
     ws, run_id = trained_run.ws, trained_run.run_id
-    golden = evaluate.read_golden(SAMPLE_GOLDEN)[:4]
-    ev = evaluate.evaluate_run(ws, run_id, golden, golden_name="faq", max_new_tokens=24, heldout_rows=3)
-    heldout = evaluate.evaluate_run(ws, run_id, None, max_new_tokens=24, heldout_rows=3)
+    golden = read_golden(SAMPLE_GOLDEN)[:4]
+    ev = evaluate_run(ws, run_id, golden, golden_name="faq", max_new_tokens=24, heldout_rows=3)
+    heldout = evaluate_run(ws, run_id, None, max_new_tokens=24, heldout_rows=3)
     assert ev.kind == "golden" and ev.summary["questions"] == 4 and heldout.kind == "heldout"
     for which in ("base", "tuned"):
-        assert set(evaluate.SCORES) <= set(ev.summary[which])
-        assert all(0 <= ev.summary[which][s] <= 1 for s in evaluate.SCORES)
+        assert set(SCORES) <= set(ev.summary[which])
+        assert all(0 <= ev.summary[which][s] <= 1 for s in SCORES)
     # training lowered the loss of the answers it learned (the val rows are among the trained ones)
     assert ev.summary["tuned"]["loss"] < ev.summary["base"]["loss"]
     assert ev.summary["tuned"]["perplexity"] < ev.summary["base"]["perplexity"]
@@ -94,17 +97,17 @@ def test_evaluate_a_trained_run_store_compare_and_vote(trained_run, run_endpoint
     assert [i["question"] for i in items] == [g.question for g in golden]
     assert items[0]["tuned"]["answer"] != items[0]["base"]["answer"]
     item = items[0]
-    assert item["tuned"]["token_f1"] == pytest.approx(evaluate.token_f1(item["tuned"]["answer"], item["reference"]))
+    assert item["tuned"]["token_f1"] == pytest.approx(token_f1(item["tuned"]["answer"], item["reference"]))
     # stored with the run, found by golden set, compared across runs
     assert (Path(ev.path) / "golden.csv").exists()
-    assert [e.id for e in evaluate.list_evaluations(ws, golden=ev.golden_hash)] == [ev.id]
-    assert evaluate.compare(ws, ev.golden_hash)[0]["tuned token_f1"] == ev.summary["tuned"]["token_f1"]
+    assert [e.id for e in list_evaluations(ws, golden=ev.golden_hash)] == [ev.id]
+    assert compare(ws, ev.golden_hash)[0]["tuned token_f1"] == ev.summary["tuned"]["token_f1"]
     # blind A/B: shuffled, stable, the tally lands in the stored summary
-    pairs = evaluate.ab_pairs(ws, ev.id)
-    assert sorted(p["item"] for p in pairs) == [0, 1, 2, 3] and evaluate.ab_pairs(ws, ev.id) == pairs
+    pairs = ab_pairs(ws, ev.id)
+    assert sorted(p["item"] for p in pairs) == [0, 1, 2, 3] and ab_pairs(ws, ev.id) == pairs
     for n, pair in enumerate(pairs):
-        evaluate.ab_vote(ws, ev.id, n, "a" if pair["a_is"] == "tuned" else "tie")
-    tally = evaluate.get_evaluation(ws, ev.id).summary["ab"]
+        ab_vote(ws, ev.id, n, "a" if pair["a_is"] == "tuned" else "tie")
+    tally = get_evaluation(ws, ev.id).summary["ab"]
     tuned_first = sum(p["a_is"] == "tuned" for p in pairs)
     assert tally == {"tuned": tuned_first, "base": 0, "tie": 4 - tuned_first, "voted": 4, "total": 4}
     # the CLI shows the same evaluation
@@ -139,7 +142,7 @@ def test_evaluate_tab_through_gradio_client(trained_run, run_endpoint):
         client.predict(api_name="/eval_ab_vote_a")
         question, _, _, progress = client.predict(api_name="/eval_ab_vote_tie")
         assert "All pairs voted" in question and "2 of 2 voted" in progress
-        assert evaluate.get_evaluation(trained_run.ws, past["value"]).summary["ab"]["voted"] == 2
+        assert get_evaluation(trained_run.ws, past["value"]).summary["ab"]["voted"] == 2
     finally:
         app.close()
 
@@ -148,4 +151,4 @@ def test_evaluating_an_unknown_run_is_refused(ws):
     from studio.core.errors import NotFound
 
     with pytest.raises(NotFound, match="no run 'run-nope'"):
-        evaluate.evaluate_run(ws, "run-nope")
+        evaluate_run(ws, "run-nope")

@@ -60,7 +60,8 @@ def _scores(summary: dict) -> str:
 
 
 def run_eval(args, ws) -> Output:
-    from studio.evaluation.runner import evaluate_run, read_golden
+    from studio.evaluation.golden import read_golden
+    from studio.evaluation.runner import evaluate_run
 
     golden = read_golden(args.golden) if args.golden else None
     ev = evaluate_run(ws, args.run_id, golden, golden_name=Path(args.golden).name if args.golden else "",
@@ -94,7 +95,8 @@ def run_show(args, ws) -> Output:
 
 
 def run_compare(args, ws) -> Output:
-    from studio.evaluation.runner import compare, get_evaluation, golden_hash, read_golden
+    from studio.evaluation.golden import golden_hash, read_golden
+    from studio.evaluation.runner import compare, get_evaluation
 
     source = args.source
     digest = golden_hash(read_golden(source)) if Path(source).is_file() else get_evaluation(ws, source).golden_hash
@@ -106,7 +108,7 @@ def run_compare(args, ws) -> Output:
 
 def run_ab(args, ws) -> Output:
     from studio.core.errors import InvalidInput
-    from studio.evaluation.runner import ab_pairs, ab_tally, ab_vote
+    from studio.evaluation.ab import ab_pairs, ab_tally, ab_vote
 
     if args.vote:
         try:

@@ -11,14 +11,9 @@ blind A/B mode lets the expert vote between the two answers without knowing whic
 from __future__ import annotations
 
 import csv
-import hashlib
-import io
 import json
 import math
-import random
-import re
 import secrets
-import string
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,159 +25,16 @@ from pydantic import BaseModel
 
 from studio.core.db import now
 from studio.core.errors import Conflict, InvalidInput, NotFound
+from studio.evaluation.golden import GoldenItem, golden_hash, heldout_items
+from studio.evaluation.scores import SCORES, score
 
 if TYPE_CHECKING:
     from studio.core.workspace import Workspace
 
-QUESTION_COLUMNS = ("question", "prompt", "input", "instruction", "query")
-REFERENCE_COLUMNS = ("reference_answer", "reference", "answer", "expected_answer", "expected", "output", "response")
 MODELS = ("base", "tuned")
-SCORES = ("exact_match", "token_f1", "rouge_l")
 PARALLEL_REQUESTS = 4  # the endpoint batches them: several at once finish sooner than one by one
 
 Progress = Callable[[float, str], None]
-
-
-# ---------------------------------------------------------------- scores
-
-
-def normalize(text: str) -> list[str]:
-    """Lower case, no punctuation, no articles, single spaces (as SQuAD's scorer does) -> words."""
-    text = text.lower()
-    text = "".join(" " if ch in string.punctuation else ch for ch in text)
-    return [w for w in text.split() if w not in ("a", "an", "the")]
-
-
-def exact_match(prediction: str, reference: str) -> float:
-    return float(normalize(prediction) == normalize(reference))
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """Harmonic mean of word precision and recall, counting repeated words (SQuAD's F1)."""
-    pred, ref = normalize(prediction), normalize(reference)
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1: the longest common word subsequence, as precision and recall."""
-    pred, ref = normalize(prediction), normalize(reference)
-    if not pred or not ref:
-        return float(pred == ref)
-    previous = [0] * (len(ref) + 1)
-    for word in pred:
-        current = [0]
-        for j, ref_word in enumerate(ref, 1):
-            current.append(previous[j - 1] + 1 if word == ref_word else max(previous[j], current[j - 1]))
-        previous = current
-    lcs = previous[-1]
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def score(prediction: str, reference: str) -> dict[str, float]:
-    return {"exact_match": exact_match(prediction, reference), "token_f1": token_f1(prediction, reference),
-            "rouge_l": rouge_l(prediction, reference)}
-
-
-# ---------------------------------------------------------------- golden sets
-
-
-class GoldenItem(BaseModel):
-    question: str
-    reference: str
-    context: list[dict] = []  # earlier messages (system prompt, earlier turns) for held-out rows
-
-
-def _pick(header: list[str], names: tuple[str, ...]) -> int | None:
-    lowered = [re.sub(r"[\s-]+", "_", h.strip().lower()) for h in header]
-    return next((lowered.index(n) for n in names if n in lowered), None)
-
-
-def golden_from_rows(rows: list[list[Any]] | list[dict], source: str = "the table") -> list[GoldenItem]:
-    """Rows of (question, reference answer); blank rows are skipped, half-filled ones refused."""
-    items, problems = [], []
-    for number, row in enumerate(rows, 1):
-        if isinstance(row, dict):
-            values = list(row.values())
-        else:
-            values = list(row)
-        question = str(values[0] if values and values[0] is not None else "").strip()
-        reference = str(values[1] if len(values) > 1 and values[1] is not None else "").strip()
-        if question.lower() == "nan":
-            question = ""
-        if reference.lower() == "nan":
-            reference = ""
-        if not question and not reference:
-            continue
-        if not question or not reference:
-            problems.append(f"row {number}: the {'question' if not question else 'reference answer'} is empty")
-            continue
-        items.append(GoldenItem(question=question, reference=reference))
-    if problems:
-        more = f" ({len(problems) - 3} more like it)" if len(problems) > 3 else ""
-        raise InvalidInput(f"In {source}, {'; '.join(problems[:3])}{more}.",
-                           "Fill in both the question and the reference answer, or clear the row.")
-    if not items:
-        raise InvalidInput(f"{source.capitalize()} has no questions.",
-                           "Add rows with a question and the answer you expect.")
-    return items
-
-
-def read_golden(path: str | Path) -> list[GoldenItem]:
-    """A CSV (or JSONL) with a question column and a reference-answer column."""
-    path = Path(path)
-    raw = path.read_bytes()
-    if path.suffix.lower() in (".jsonl", ".json"):
-        try:
-            records = [json.loads(line) for line in raw.decode("utf-8-sig").splitlines() if line.strip()]
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise InvalidInput(f"{path.name} is not JSON lines ({exc}).", "Save one JSON object per line.") from exc
-        header = list(records[0]) if records else []
-        rows = [[r.get(k) for k in header] for r in records]
-    else:
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")
-        table = list(csv.reader(io.StringIO(text)))
-        header, rows = (table[0], table[1:]) if table else ([], [])
-    q, r = _pick(header, QUESTION_COLUMNS), _pick(header, REFERENCE_COLUMNS)
-    if q is None or r is None:
-        raise InvalidInput(
-            f"{path.name} needs a question column and a reference answer column; "
-            f"it has: {', '.join(header) or 'none'}.",
-            "Name them 'question' and 'reference_answer' (or 'answer').",
-        )
-    return golden_from_rows([[row[q] if q < len(row) else "", row[r] if r < len(row) else ""] for row in rows],
-                            source=path.name)
-
-
-def golden_hash(items: list[GoldenItem]) -> str:
-    payload = json.dumps([[i.context, i.question, i.reference] for i in items], ensure_ascii=False)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def heldout_items(ws: Workspace, dataset_id: str, limit: int) -> list[GoldenItem]:
-    """The run's val split as golden items: the conversation before the last answer, and that answer."""
-    from studio.data.store import load_split
-
-    rows = load_split(ws, dataset_id, "val")
-    items = []
-    for row in rows.select(range(min(limit, len(rows)))):
-        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-        if len(messages) < 2 or messages[-1]["role"] != "assistant":
-            continue
-        last_user = messages[-2]["content"] if messages[-2]["role"] == "user" else ""
-        items.append(GoldenItem(question=last_user, reference=messages[-1]["content"], context=messages[:-2]))
-    return items
 
 
 # ---------------------------------------------------------------- evaluations
@@ -226,11 +78,11 @@ def evaluate_run(
 
     golden=None evaluates on the run's held-out split. Uses the run's live endpoint if there is one,
     else starts one and stops it afterwards."""
-    from studio.serving import endpoints
-    from studio.training import runs as jobs
+    from studio.serving import endpoints, launch
+    from studio.training import runs
 
     progress = progress or (lambda fraction, text: None)
-    run = jobs.get_run(ws, run_id)
+    run = runs.get_run(ws, run_id)
     if run.status not in ("succeeded", "cancelled"):
         raise Conflict(f"Run '{run_id}' has not finished (status: {run.status}).",
                        "Evaluate it once it has succeeded.")
@@ -246,7 +98,7 @@ def evaluate_run(
                                "Upload a golden set (question, reference answer) instead.")
     progress(0.02, "starting the endpoint")
     already = endpoints.find_endpoint_for_run(ws, run_id)
-    endpoint = endpoints.start_for_run(ws, run_id)
+    endpoint = launch.start_for_run(ws, run_id)
     try:
         items = _answer_all(endpoint.url, {"base": endpoint.base_name, "tuned": run_id}, golden, system_prompt,
                             max_new_tokens, progress)
@@ -272,7 +124,8 @@ def _system_prompt(ws: Workspace, dataset_id: str) -> str:
 
 def _answer_all(url: str, models: dict[str, str], golden: list[GoldenItem], system_prompt: str,
                 max_new_tokens: int, progress: Progress) -> list[dict]:
-    from studio.serving.chat import Settings, chat_body, complete_chat
+    from studio.serving.chat import Settings, chat_body
+    from studio.serving.client import complete_chat
 
     settings = Settings(temperature=0.0, max_new_tokens=max_new_tokens)
     tasks = []
@@ -299,15 +152,15 @@ def _heldout_loss(ws: Workspace, url: str, run, limit: int) -> dict[str, Any]:
     from huggingface_hub.errors import ValidationError
 
     from studio.data.store import load_split
-    from studio.serving import endpoints
-    from studio.serving.chat import client
+    from studio.serving.adapters import run_adapter_dir
+    from studio.serving.client import client
 
     rows = load_split(ws, run.dataset_id, "val")
     if len(rows) == 0:
         return {"rows": 0, "tokens": 0}
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(endpoints.run_adapter_dir(ws, run.id))
+    tokenizer = AutoTokenizer.from_pretrained(run_adapter_dir(ws, run.id))
     inference = client(url)
     totals = {which: 0.0 for which in MODELS}
     tokens = used = 0
@@ -407,58 +260,3 @@ def compare(ws: Workspace, golden: str) -> list[dict]:
             "A/B votes for tuned": (s.get("ab") or {}).get("tuned"),
         })
     return rows
-
-
-# ---------------------------------------------------------------- blind A/B
-
-
-def ab_pairs(ws: Workspace, eval_id: str) -> list[dict]:
-    """The evaluation's questions in a shuffled order, each with its two answers in a random order.
-
-    Created once and kept (ab.json), so a vote can be given later and a reload shows the same pairs."""
-    evaluation = get_evaluation(ws, eval_id)
-    path = evaluation.folder / "ab.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    items = evaluation.results()
-    rng = random.Random(eval_id)
-    order = list(range(len(items)))
-    rng.shuffle(order)
-    pairs = []
-    for index in order:
-        item = items[index]
-        first = rng.choice(MODELS)
-        second = "base" if first == "tuned" else "tuned"
-        pairs.append({"item": index, "question": item["question"], "a": item[first]["answer"],
-                      "b": item[second]["answer"], "a_is": first, "vote": None})
-    path.write_text(json.dumps(pairs, indent=2, ensure_ascii=False))
-    return pairs
-
-
-def ab_vote(ws: Workspace, eval_id: str, pair: int, choice: str) -> dict[str, int]:
-    """Record the expert's vote for pair `pair` ("a", "b" or "tie"); return the tally so far."""
-    if choice not in ("a", "b", "tie"):
-        raise InvalidInput(f"'{choice}' is not a vote.", "Vote a, b or tie.")
-    pairs = ab_pairs(ws, eval_id)
-    if not 0 <= pair < len(pairs):
-        raise InvalidInput(f"There is no pair {pair + 1}; this evaluation has {len(pairs)}.", "Pick one in range.")
-    pairs[pair]["vote"] = choice
-    evaluation = get_evaluation(ws, eval_id)
-    (evaluation.folder / "ab.json").write_text(json.dumps(pairs, indent=2, ensure_ascii=False))
-    tally = ab_tally(pairs)
-    summary = {**evaluation.summary, "ab": tally}
-    with ws.db() as db:
-        db["evaluations"].update(eval_id, {"summary_json": json.dumps(summary)})
-    return tally
-
-
-def ab_tally(pairs: list[dict]) -> dict[str, int]:
-    tally = Counter()
-    for p in pairs:
-        if p["vote"] == "tie":
-            tally["tie"] += 1
-        elif p["vote"] in ("a", "b"):
-            tally[p["a_is"] if p["vote"] == "a" else ("base" if p["a_is"] == "tuned" else "tuned")] += 1
-    voted = sum(tally.values())
-    return {"tuned": tally["tuned"], "base": tally["base"], "tie": tally["tie"], "voted": voted,
-            "total": len(pairs)}

@@ -12,7 +12,9 @@ import pandas as pd
 from studio.core.errors import StudioError
 from studio.core.paths import SAMPLES
 from studio.core.workspace import Workspace
-from studio.evaluation import runner as evaluate
+from studio.evaluation.ab import ab_pairs, ab_tally, ab_vote
+from studio.evaluation.golden import golden_from_rows, read_golden
+from studio.evaluation.runner import Evaluation, compare, evaluate_run, get_evaluation, list_evaluations
 
 SAMPLE = SAMPLES / "support_faq_golden.csv"
 GUIDE = """### Is the tuned model better than before, on your questions?
@@ -34,10 +36,10 @@ def finished_runs(ws: Workspace) -> list[tuple[str, str]]:
 
 
 def evaluations(ws: Workspace) -> list[tuple[str, str]]:
-    return [(f"{e.id}: {e.run_id} on {e.golden_set}", e.id) for e in evaluate.list_evaluations(ws)]
+    return [(f"{e.id}: {e.run_id} on {e.golden_set}", e.id) for e in list_evaluations(ws)]
 
 
-def summary_markdown(ev: evaluate.Evaluation) -> str:
+def summary_markdown(ev: Evaluation) -> str:
     s = ev.summary
     rows = ["| | exact match | token F1 | ROUGE-L | held-out loss | perplexity |", "|---|---|---|---|---|---|"]
     for which, label in (("base", "Base model"), ("tuned", "Tuned model")):
@@ -58,7 +60,7 @@ def summary_markdown(ev: evaluate.Evaluation) -> str:
     return text
 
 
-def results_frame(ev: evaluate.Evaluation) -> pd.DataFrame:
+def results_frame(ev: Evaluation) -> pd.DataFrame:
     return pd.DataFrame([{
         "question": i["question"], "your answer": i["reference"],
         "base answer": i["base"]["answer"], "base F1": round(i["base"]["token_f1"], 3),
@@ -67,12 +69,12 @@ def results_frame(ev: evaluate.Evaluation) -> pd.DataFrame:
     } for i in ev.results()])
 
 
-def compare_frame(ws: Workspace, ev: evaluate.Evaluation) -> pd.DataFrame:
-    return pd.DataFrame(evaluate.compare(ws, ev.golden_hash))
+def compare_frame(ws: Workspace, ev: Evaluation) -> pd.DataFrame:
+    return pd.DataFrame(compare(ws, ev.golden_hash))
 
 
 def _pair_view(pairs: list[dict], index: int) -> tuple[str, str, str, str]:
-    tally = evaluate.ab_tally(pairs)
+    tally = ab_tally(pairs)
     progress = (f"{tally['voted']} of {tally['total']} voted. So far: tuned {tally['tuned']}, base {tally['base']}, "
                 f"tie {tally['tie']}.")
     if index >= len(pairs):
@@ -127,19 +129,19 @@ def build(ws: Workspace) -> None:
         ab_progress = gr.Markdown()
 
     def load_sample():
-        return pd.DataFrame([[i.question, i.reference] for i in evaluate.read_golden(SAMPLE)],
+        return pd.DataFrame([[i.question, i.reference] for i in read_golden(SAMPLE)],
                             columns=["question", "reference answer"])
 
     def load_upload(path: str | None):
         if not path:
             return gr.skip()
         try:
-            items = evaluate.read_golden(path)
+            items = read_golden(path)
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
         return pd.DataFrame([[i.question, i.reference] for i in items], columns=["question", "reference answer"])
 
-    def show(ev: evaluate.Evaluation):
+    def show(ev: Evaluation):
         return summary_markdown(ev), results_frame(ev), compare_frame(ws, ev)
 
     def run_evaluation(run_id, which, rows, tokens, loss_rows, progress=gr.Progress()):  # noqa: B008 (gradio API)
@@ -149,8 +151,8 @@ def build(ws: Workspace) -> None:
             golden = None
             if which == GOLDEN:
                 frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
-                golden = evaluate.golden_from_rows(frame.values.tolist(), source="the golden set table")
-            ev = evaluate.evaluate_run(ws, run_id, golden, golden_name="golden set from the Evaluate tab",
+                golden = golden_from_rows(frame.values.tolist(), source="the golden set table")
+            ev = evaluate_run(ws, run_id, golden, golden_name="golden set from the Evaluate tab",
                                        max_new_tokens=int(tokens), heldout_rows=int(loss_rows),
                                        progress=lambda f, text: progress(f, desc=text))
         except StudioError as exc:
@@ -162,7 +164,7 @@ def build(ws: Workspace) -> None:
         if not eval_id:
             return gr.skip(), gr.skip(), gr.skip()
         try:
-            return show(evaluate.get_evaluation(ws, eval_id))
+            return show(get_evaluation(ws, eval_id))
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
 
@@ -170,7 +172,7 @@ def build(ws: Workspace) -> None:
         if not eval_id:
             raise gr.Error("Pick an evaluation to vote on.")
         try:
-            pairs = evaluate.ab_pairs(ws, eval_id)
+            pairs = ab_pairs(ws, eval_id)
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
         index = next((n for n, p in enumerate(pairs) if p["vote"] is None), len(pairs))
@@ -180,14 +182,14 @@ def build(ws: Workspace) -> None:
         def handler(state: dict):
             if not state or "eval" not in state:
                 raise gr.Error("Press 'Start voting' first.")
-            pairs = evaluate.ab_pairs(ws, state["eval"])
+            pairs = ab_pairs(ws, state["eval"])
             if state["index"] >= len(pairs):
                 raise gr.Error("Every pair has a vote already.")
             try:
-                evaluate.ab_vote(ws, state["eval"], state["index"], choice)
+                ab_vote(ws, state["eval"], state["index"], choice)
             except StudioError as exc:
                 raise gr.Error(str(exc)) from exc
-            pairs = evaluate.ab_pairs(ws, state["eval"])
+            pairs = ab_pairs(ws, state["eval"])
             index = next((n for n, p in enumerate(pairs) if p["vote"] is None), len(pairs))
             return {"eval": state["eval"], "index": index}, *_pair_view(pairs, index)
         return handler

@@ -1,0 +1,112 @@
+"""Golden sets: the expert's own questions with the answers they expect, from a table, a CSV or JSONL
+file, or the run's held-out split; and a hash that says two evaluations asked exactly the same questions."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from studio.core.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from studio.core.workspace import Workspace
+
+QUESTION_COLUMNS = ("question", "prompt", "input", "instruction", "query")
+REFERENCE_COLUMNS = ("reference_answer", "reference", "answer", "expected_answer", "expected", "output", "response")
+
+
+class GoldenItem(BaseModel):
+    question: str
+    reference: str
+    context: list[dict] = []  # earlier messages (system prompt, earlier turns) for held-out rows
+
+
+def _pick(header: list[str], names: tuple[str, ...]) -> int | None:
+    lowered = [re.sub(r"[\s-]+", "_", h.strip().lower()) for h in header]
+    return next((lowered.index(n) for n in names if n in lowered), None)
+
+
+def golden_from_rows(rows: list[list[Any]] | list[dict], source: str = "the table") -> list[GoldenItem]:
+    """Rows of (question, reference answer); blank rows are skipped, half-filled ones refused."""
+    items, problems = [], []
+    for number, row in enumerate(rows, 1):
+        if isinstance(row, dict):
+            values = list(row.values())
+        else:
+            values = list(row)
+        question = str(values[0] if values and values[0] is not None else "").strip()
+        reference = str(values[1] if len(values) > 1 and values[1] is not None else "").strip()
+        if question.lower() == "nan":
+            question = ""
+        if reference.lower() == "nan":
+            reference = ""
+        if not question and not reference:
+            continue
+        if not question or not reference:
+            problems.append(f"row {number}: the {'question' if not question else 'reference answer'} is empty")
+            continue
+        items.append(GoldenItem(question=question, reference=reference))
+    if problems:
+        more = f" ({len(problems) - 3} more like it)" if len(problems) > 3 else ""
+        raise InvalidInput(f"In {source}, {'; '.join(problems[:3])}{more}.",
+                           "Fill in both the question and the reference answer, or clear the row.")
+    if not items:
+        raise InvalidInput(f"{source.capitalize()} has no questions.",
+                           "Add rows with a question and the answer you expect.")
+    return items
+
+
+def read_golden(path: str | Path) -> list[GoldenItem]:
+    """A CSV (or JSONL) with a question column and a reference-answer column."""
+    path = Path(path)
+    raw = path.read_bytes()
+    if path.suffix.lower() in (".jsonl", ".json"):
+        try:
+            records = [json.loads(line) for line in raw.decode("utf-8-sig").splitlines() if line.strip()]
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InvalidInput(f"{path.name} is not JSON lines ({exc}).", "Save one JSON object per line.") from exc
+        header = list(records[0]) if records else []
+        rows = [[r.get(k) for k in header] for r in records]
+    else:
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+        table = list(csv.reader(io.StringIO(text)))
+        header, rows = (table[0], table[1:]) if table else ([], [])
+    q, r = _pick(header, QUESTION_COLUMNS), _pick(header, REFERENCE_COLUMNS)
+    if q is None or r is None:
+        raise InvalidInput(
+            f"{path.name} needs a question column and a reference answer column; "
+            f"it has: {', '.join(header) or 'none'}.",
+            "Name them 'question' and 'reference_answer' (or 'answer').",
+        )
+    return golden_from_rows([[row[q] if q < len(row) else "", row[r] if r < len(row) else ""] for row in rows],
+                            source=path.name)
+
+
+def golden_hash(items: list[GoldenItem]) -> str:
+    payload = json.dumps([[i.context, i.question, i.reference] for i in items], ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def heldout_items(ws: Workspace, dataset_id: str, limit: int) -> list[GoldenItem]:
+    """The run's val split as golden items: the conversation before the last answer, and that answer."""
+    from studio.data.store import load_split
+
+    rows = load_split(ws, dataset_id, "val")
+    items = []
+    for row in rows.select(range(min(limit, len(rows)))):
+        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        if len(messages) < 2 or messages[-1]["role"] != "assistant":
+            continue
+        last_user = messages[-2]["content"] if messages[-2]["role"] == "user" else ""
+        items.append(GoldenItem(question=last_user, reference=messages[-1]["content"], context=messages[:-2]))
+    return items
