@@ -124,7 +124,7 @@ def measure(csv_path: Path, base_model: str, home: Path) -> dict:
 
     ws = Workspace.open(home)
     from studio.data import checks
-    from studio.models.catalog import load_tokenizer
+    from studio.models.resolve import load_tokenizer
 
     counting = {"cpu_s": 0.0}
     count_tokens = checks.count_tokens

@@ -3,7 +3,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from studio.core.errors import InvalidInput, ModelUnavailable
-from studio.models.catalog import catalog, catalog_entry, model_shape, resolve
+from studio.models.catalog import catalog, catalog_entry
+from studio.models.resolve import model_shape, resolve
 
 
 def test_catalog_is_valid_and_covers_the_families():

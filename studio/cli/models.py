@@ -28,7 +28,7 @@ def list_models(args, ws) -> Output:
 
 
 def show_model(args, ws) -> Output:
-    from studio.models.catalog import model_shape, resolve
+    from studio.models.resolve import model_shape, resolve
 
     resolved = resolve(ws, args.name)
     shape = model_shape(ws, args.name) if resolved.local or resolved.entry else None

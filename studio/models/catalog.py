@@ -1,29 +1,16 @@
-"""Base models: the curated catalog (assets/models.yaml), and turning what the user picked
-(a catalog name, a hub id or a local folder) into something `from_pretrained` can open.
-
-`demo-tiny` is built into the workspace on first use (see studio/demo_model.py) and then
-loaded through exactly the same AutoTokenizer / AutoModelForCausalLM path as a hub model.
-"""
+"""The curated base-model catalog (assets/models.yaml): each entry's size, context, license, whether it is
+gated, its LoRA targets and its shape (what the fit check counts with)."""
 
 from __future__ import annotations
 
 import functools
-import json
-import re
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from studio.core.errors import InvalidInput, ModelUnavailable
 from studio.core.paths import ASSETS
 
-if TYPE_CHECKING:
-    from studio.core.workspace import Workspace
-
 DEMO_MODEL = "demo-tiny"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 class Shape(BaseModel):
@@ -57,93 +44,3 @@ def catalog() -> tuple[CatalogEntry, ...]:
 
 def catalog_entry(model_id: str) -> CatalogEntry | None:
     return next((e for e in catalog() if e.id == model_id), None)
-
-
-class ResolvedModel(BaseModel):
-    """What the user asked for, and where `from_pretrained` should look."""
-
-    name: str  # as the user gave it: "demo-tiny", "Qwen/Qwen2.5-0.5B-Instruct", "/models/mine"
-    source: str  # a local folder path or a hub id
-    local: bool
-    entry: CatalogEntry | None = None
-
-
-def resolve(ws: Workspace, name: str) -> ResolvedModel:
-    """Map a catalog name, hub id or local folder to a loadable source; build demo-tiny if needed."""
-    name = (name or "").strip()
-    if not name:
-        raise InvalidInput("No base model was chosen.", "Pick one from the list, or type a hub id.")
-    if name == DEMO_MODEL:
-        from studio.models.demo import ensure_demo_model
-
-        return ResolvedModel(
-            name=name, source=str(ensure_demo_model(ws)), local=True, entry=catalog_entry(name)
-        )
-    path = Path(name).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelUnavailable(
-                f"The folder {path} has no config.json, so it is not a saved model.",
-                "Point at the folder that save_pretrained wrote (it holds config.json).",
-            )
-        return ResolvedModel(name=name, source=str(path.resolve()), local=True)
-    if name.startswith(("/", "./", "~")) or not _HUB_ID.match(name):
-        raise ModelUnavailable(
-            f"'{name}' is neither an existing folder nor a hub id like 'org/model'.",
-            "Check the spelling, or pick a model from the list.",
-        )
-    return ResolvedModel(name=name, source=name, local=False, entry=catalog_entry(name))
-
-
-def model_shape(ws: Workspace, name: str) -> Shape | None:
-    """The architecture numbers the fit check needs: from the catalog, else from a local config.json."""
-    entry = catalog_entry(name)
-    if entry is not None and name != DEMO_MODEL:
-        return entry.shape
-    resolved = resolve(ws, name)
-    if not resolved.local:
-        return None
-    cfg = json.loads((Path(resolved.source) / "config.json").read_text())
-    heads = cfg.get("num_attention_heads", 1)
-    return Shape(
-        hidden=cfg["hidden_size"],
-        layers=cfg["num_hidden_layers"],
-        intermediate=cfg.get("intermediate_size", 4 * cfg["hidden_size"]),
-        heads=heads,
-        kv_heads=cfg.get("num_key_value_heads", heads),
-        vocab=cfg["vocab_size"],
-    )
-
-
-def load_tokenizer(ws: Workspace, name: str):
-    """The base model's tokenizer, with its chat template. Hub ids need a network (or the cache)."""
-    from transformers import AutoTokenizer
-
-    resolved = resolve(ws, name)
-    try:
-        return AutoTokenizer.from_pretrained(resolved.source)
-    except OSError as exc:
-        raise explain_load_error(name, exc) from exc
-
-
-def explain_load_error(name: str, exc: BaseException) -> ModelUnavailable:
-    """Turn a from_pretrained failure into a sentence about the cause and the fix."""
-    text = str(exc)
-    lowered = text.lower()
-    if "gated" in lowered or "401" in text or "403" in text or "restricted" in lowered:
-        return ModelUnavailable(
-            f"'{name}' is a gated model and this machine has no access to it.",
-            "Accept its license on the model's hub page, then set HF_TOKEN to a token of that account.",
-        )
-    if "404" in text or "not a valid model identifier" in lowered or "does not exist" in lowered:
-        return ModelUnavailable(
-            f"There is no model called '{name}' on the hub.",
-            "Check the spelling (org/model), or pick a model from the list.",
-        )
-    if "offline" in lowered or "connect" in lowered or "resolve" in lowered or "network" in lowered:
-        return ModelUnavailable(
-            f"'{name}' is not downloaded yet and the model hub cannot be reached from this machine.",
-            "Connect to the internet once to download it, copy the model folder here and type its path, "
-            "or use demo-tiny.",
-        )
-    return ModelUnavailable(f"'{name}' could not be opened: {text.splitlines()[0] if text else exc!r}")
