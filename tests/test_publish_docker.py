@@ -19,7 +19,7 @@ from test_publish_helpers import config_only_adapter, register_run
 from studio.core.errors import InvalidInput
 from studio.publishing import deployments, pipeline
 from studio.publishing.docker import TgiLaunch, compose_file, docker_argv, engine_status, tgi_args
-from studio.serving import endpoints
+from studio.serving import endpoints, launch
 
 IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.6"
 
@@ -120,7 +120,7 @@ def test_without_docker_the_command_is_given_and_verified_once_started(trained_r
 
     # the user starts TGI with that command; the embedded endpoint on the same folder stands in for it
     folder = str(ws.exports_dir / export_dir.removeprefix("/data/"))
-    server = endpoints.start_endpoint(ws, folder, None, port=port, name="stand-in-tgi", timeout=120)
+    server = launch.start_endpoint(ws, folder, None, port=port, name="stand-in-tgi", timeout=120)
     try:
         checked = pipeline.reverify(ws, "tgi-docker:manual")
     finally:

@@ -16,7 +16,7 @@ import pytest
 
 from studio.core.errors import InvalidInput
 from studio.publishing import deployments, pipeline
-from studio.serving import endpoints
+from studio.serving import endpoints, launch
 
 GOOD_TOKEN = "hf_good"
 
@@ -225,7 +225,7 @@ def test_inference_endpoint_created_from_the_pushed_repo_followed_until_running(
     ws, run_id = trained_run.ws, trained_run.run_id
     export = pipeline.ensure_export(ws, finished_run(ws, run_id), "merged")
     # stands in for the endpoint's TGI: the pushed (merged) folder served by the embedded endpoint
-    local = endpoints.start_endpoint(ws, str(export.model_dir), None, name="fake-ie", timeout=120)
+    local = launch.start_endpoint(ws, str(export.model_dir), None, name="fake-ie", timeout=120)
     hub.endpoint_url = local.url
     try:
         options = {"repo_id": "faq-ie", "token": GOOD_TOKEN, "endpoint": hub.url, "instance_type": "nvidia-l4",

@@ -17,7 +17,7 @@ from conftest import free_port
 from studio.core.errors import InvalidInput, ModelUnavailable
 from studio.publishing import deployments, pipeline
 from studio.publishing.source import finished_run
-from studio.serving import endpoints
+from studio.serving import endpoints, launch
 
 pytestmark = pytest.mark.slow
 
@@ -100,7 +100,7 @@ def test_verification_catches_a_planted_template_mismatch(trained_run, cleanup, 
     ws, run_id = trained_run.ws, trained_run.run_id
     export = pipeline.ensure_export(ws, finished_run(ws, run_id), "merged")
     planted = plant_template(export.model_dir, tmp_path / "planted")
-    server = endpoints.start_endpoint(ws, str(planted), None, name="planted-template", timeout=120)
+    server = launch.start_endpoint(ws, str(planted), None, name="planted-template", timeout=120)
     dep = pipeline.publish(ws, run_id, "remote", {"url": server.url, "merged": True})
     assert dep.status == "unhealthy" and dep.verdict == "failed"
     assert dep.verification["causes"] == ["template"]
@@ -114,7 +114,7 @@ def test_verification_catches_a_planted_template_mismatch(trained_run, cleanup, 
 def test_verification_catches_an_endpoint_that_ignores_the_adapter(trained_run, cleanup):
     """Like TGI with an adapter it does not know: the base model answers under the adapter's name."""
     ws, run_id = trained_run.ws, trained_run.run_id
-    server = endpoints.start_endpoint(ws, "demo-tiny", None, name="base-only", timeout=120,
+    server = launch.start_endpoint(ws, "demo-tiny", None, name="base-only", timeout=120,
                                       extra_args=["--served-name", run_id])
     dep = pipeline.publish(ws, run_id, "remote", {"url": server.url, "merged": False})
     assert dep.status == "unhealthy"
@@ -169,3 +169,33 @@ def test_target_options_are_checked_before_anything_runs(trained_run):
     assert "url" in info.value.message and "http(s)" in info.value.message
     with pytest.raises(InvalidInput):
         pipeline.preview(trained_run.ws, trained_run.run_id, "kubernetes", {})
+
+
+def test_a_publish_killed_midway_leaves_no_deployment_publishing(trained_run, cleanup):
+    """kill -9 of `studio publish` while it deploys, then a studio start: the deployment is failed with the
+    reason, and a new publish to the same slot works."""
+    import os
+    import signal
+    import time
+
+    ws, run_id = trained_run.ws, trained_run.run_id
+    proc = subprocess.Popen([sys.executable, "-m", "studio", "publish", run_id, "--name", "crash", "--home",
+                             str(ws.home)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    dep_id = None
+    while dep_id is None:
+        assert time.monotonic() < deadline and proc.poll() is None, "the publish ended before it was killed"
+        with ws.db() as db:
+            row = db.execute("SELECT id FROM deployments WHERE slot = 'local:crash' AND status = 'publishing'"
+                             ).fetchone()
+        dep_id = row[0] if row else None
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert deployments.get_deployment(ws, dep_id).status == "publishing"  # what the crash left behind
+    assert deployments.reconcile(ws) == [dep_id]  # what a studio start (app.py) runs
+    failed = deployments.get_deployment(ws, dep_id)
+    assert failed.status == "failed" and "stopped before it finished" in failed.error
+    assert all(d.status != "publishing" for d in deployments.list_deployments(ws))
+    again = pipeline.publish(ws, run_id, "local", {"name": "crash"})
+    assert again.status == "healthy", again.verification

@@ -4,6 +4,9 @@ is what rollback walks back along.
 
 Statuses: publishing → healthy | unhealthy (verification) | manual (waits for you to start it) |
 failed (the publish itself failed); later replaced (a newer publish took the slot) or rolled_back.
+Every status change goes through DEPLOYMENT_STATES. A deployment records the process doing the
+publishing (the studio or a CLI); one left "publishing" because that process died is failed by
+`reconcile`, which every listing runs first.
 """
 
 from __future__ import annotations
@@ -14,13 +17,31 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from studio.core import procs
 from studio.core.db import now
 from studio.core.errors import NotFound
+from studio.core.states import Machine
 
 if TYPE_CHECKING:
     from studio.core.workspace import Workspace
 
 LIVE = ("healthy", "unhealthy", "manual")
+DEPLOYMENT_STATES = Machine(
+    table="deployments", noun="Deployment", listing=" (`studio deployments list`, or the Publish tab)",
+    transitions={
+        "publishing": ("healthy", "unhealthy", "manual", "failed"),
+        # re-verifying keeps or changes the verdict; a newer publish or a rollback takes the slot
+        "healthy": ("healthy", "unhealthy", "replaced", "rolled_back"),
+        "unhealthy": ("healthy", "unhealthy", "replaced", "rolled_back"),
+        "manual": ("healthy", "unhealthy", "manual", "replaced", "rolled_back"),
+        "failed": ("rolled_back",),  # a failed publish whose slot is rolled back to the version before it
+        "replaced": (),
+        "rolled_back": (),
+    },
+    hints={"healthy": "Re-verify the slot's current deployment instead.",
+           "unhealthy": "Re-verify the slot's current deployment instead.",
+           "rolled_back": "Roll back the slot's current deployment instead."},
+)
 
 
 @dataclass
@@ -67,18 +88,61 @@ def _to_row(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def create(ws: Workspace, *, run_id: str, target: str, slot: str, **fields: Any) -> Deployment:
+    """A new deployment, "publishing", owned by this process until it is recorded."""
     dep_id = f"dep-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    owner_pid, owner_start = procs.own_identity()
     values = {"id": dep_id, "run_id": run_id, "target": target, "slot": slot, "status": "publishing",
-              "created_at": now(), "updated_at": now(), **fields}
+              "created_at": now(), "updated_at": now(), "owner_pid": owner_pid, "owner_start": owner_start,
+              **fields}
     with ws.db() as db:
         db["deployments"].insert(_to_row(values))
     return get_deployment(ws, dep_id)
 
 
-def update(ws: Workspace, dep_id: str, **fields: Any) -> Deployment:
-    with ws.db() as db:
-        db["deployments"].update(dep_id, _to_row({**fields, "updated_at": now()}))
+def transition(ws: Workspace, dep_id: str, to: str, *, expect: tuple[str, ...] | None = None,
+               quiet: bool = False, **fields: Any) -> Deployment | None:
+    """The one way a deployment's status changes (see DEPLOYMENT_STATES), with `fields` in the same update.
+    A refused change raises Conflict, or returns None with quiet=True."""
+    row = _to_row({**fields, "updated_at": now()})
+    if quiet:
+        if not DEPLOYMENT_STATES.try_move(ws, dep_id, to, expect=expect, **row):
+            return None
+    else:
+        DEPLOYMENT_STATES.move(ws, dep_id, to, expect=expect, **row)
     return get_deployment(ws, dep_id)
+
+
+def reconcile(ws: Workspace) -> list[str]:
+    """Fail every deployment left "publishing" by a process that is gone (a crash or kill mid-publish);
+    a slot whose earlier version that publish had already stopped says so. Returns the ids failed."""
+    with ws.db() as db:
+        rows = list(db["deployments"].rows_where("status = 'publishing'"))
+    failed = []
+    for row in rows:
+        if procs.is_running(row.get("owner_pid"), row.get("owner_start")):
+            continue
+        who = f"process {row['owner_pid']}" if row.get("owner_pid") else "an older studio"
+        if transition(ws, row["id"], "failed", expect=("publishing",), quiet=True,
+                      error=f"The publish stopped before it finished: the {who} doing it ended (a crash, a kill or "
+                      "a restart). Publish the run again."):
+            failed.append(row["id"])
+            if row.get("previous_id"):
+                replaced_if_gone(ws, get_deployment(ws, row["previous_id"]))
+    return failed
+
+
+def replaced_if_gone(ws: Workspace, previous: Deployment) -> None:
+    """A failed local/Docker publish may already have stopped what ran before; say so in the registry."""
+    from studio.core.errors import StudioError
+    from studio.serving import endpoints
+
+    endpoint_id = previous.options.get("details", {}).get("endpoint_id")
+    if previous.status in LIVE and endpoint_id:
+        try:
+            if not endpoints.get_endpoint(ws, endpoint_id).live:
+                transition(ws, previous.id, "replaced", expect=LIVE, quiet=True)
+        except StudioError:
+            pass
 
 
 def get_deployment(ws: Workspace, dep_id: str) -> Deployment:
@@ -90,6 +154,7 @@ def get_deployment(ws: Workspace, dep_id: str) -> Deployment:
 
 
 def list_deployments(ws: Workspace, *, run_id: str | None = None, slot: str | None = None) -> list[Deployment]:
+    reconcile(ws)
     where, args = [], []
     if run_id:
         where.append("run_id = ?")

@@ -1,5 +1,5 @@
 """Exports as background jobs, studio side: check the disk, write job.json, start the export process
-(studio/publish/export_worker.py) from an argv list, follow its events, record the outcome in SQLite.
+(studio/publishing/export_worker.py) from an argv list, follow its events, record the outcome in SQLite.
 
 An export folder `exports/<id>/` holds job.json, events.jsonl, export.log, status.json, reference.json
 (the studio model's greedy replies used by verification), manifest.json and model/ (what is published).
@@ -7,11 +7,10 @@ An export folder `exports/<id>/` holds job.json, events.jsonl, export.log, statu
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-import os
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -19,8 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from studio.core import procs
 from studio.core.db import now
 from studio.core.errors import InvalidInput, NotFound, ResourceError, StudioError
+from studio.core.files import read_json, read_jsonl
+from studio.core.states import Machine
 
 if TYPE_CHECKING:
     from studio.core.workspace import Workspace
@@ -29,6 +31,11 @@ if TYPE_CHECKING:
 ExportKind = Literal["merged", "adapter"]
 KINDS = ("merged", "adapter")
 MARGIN_BYTES = 64 * 1024 * 1024  # tokenizer, card, logs, and some slack for the filesystem
+LAUNCH_GRACE_S = 120.0  # registered this long ago without a process: the studio died while starting it
+EXPORT_STATES = Machine(
+    table="exports", noun="Export", listing=" (`studio publish`, or the Publish tab)",
+    transitions={"running": ("succeeded", "failed"), "succeeded": (), "failed": ()},
+)
 Progress = Callable[[float, str], None]
 
 
@@ -66,20 +73,21 @@ class Export:
         return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"prompts": []}
 
     def events(self) -> list[dict]:
-        path = self.folder / "events.jsonl"
-        if not path.exists():
-            return []
-        out = []
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-        return out
+        return read_jsonl(self.folder / "events.jsonl")
+
+    @property
+    def proc(self) -> procs.Proc:
+        return procs.Proc(pid=self.pid, started=self.proc_start, log=self.folder / "export.log",
+                          exit_file=self.folder / "exit.json")
 
 
 def _row_to_export(row: dict) -> Export:
     return Export(**{k: row.get(k) for k in Export.__dataclass_fields__})
+
+
+def _read(ws: Workspace, export_id: str) -> Export:
+    with ws.db() as db:
+        return _row_to_export(db["exports"].get(export_id))
 
 
 def get_export(ws: Workspace, export_id: str) -> Export:
@@ -105,7 +113,8 @@ def estimate_bytes(ws: Workspace, source: RunSource, kind: str) -> int:
     adapter = sum(p.stat().st_size for p in source.adapter_dir.rglob("*") if p.is_file())
     if kind == "adapter":
         return adapter + MARGIN_BYTES
-    from studio.models.catalog import catalog_entry, resolve
+    from studio.models.catalog import catalog_entry
+    from studio.models.resolve import resolve
 
     resolved = resolve(ws, source.base_model)
     if resolved.local:
@@ -142,7 +151,7 @@ def start_export(
     """Start the export process for a finished run; returns at once (status 'running')."""
     if kind not in KINDS:
         raise InvalidInput(f"'{kind}' is not a kind of export.", "Choose 'merged' or 'adapter'.")
-    from studio.models.catalog import resolve
+    from studio.models.resolve import resolve
 
     check_disk(ws, estimate_bytes(ws, source, kind),
                "the merged model" if kind == "merged" else "the adapter")
@@ -161,18 +170,14 @@ def start_export(
         db["exports"].insert({"id": export_id, "run_id": source.run_id, "kind": kind, "status": "running",
                               "path": str(folder), "created_at": now()})
     argv = [sys.executable, "-m", "studio.publishing.export_worker", str(folder)]
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    with open(folder / "export.log", "ab") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env, cwd=str(folder))
-    import psutil
-
     try:
-        started = psutil.Process(proc.pid).create_time()
-    except psutil.Error:
-        started = None
-    with ws.db() as db:
-        db["exports"].update(export_id, {"pid": proc.pid, "proc_start": started})
+        proc = procs.start(argv, log=folder / "export.log", exit_file=folder / "exit.json", cwd=folder,
+                           env={"TOKENIZERS_PARALLELISM": "false"})
+    except OSError as exc:
+        EXPORT_STATES.try_move(ws, export_id, "failed", expect=("running",), finished_at=now(),
+                               error=f"The export process could not be started: {exc}")
+        raise
+    EXPORT_STATES.update_while(ws, export_id, ("running",), pid=proc.pid, proc_start=proc.started)
     return get_export(ws, export_id)
 
 
@@ -191,48 +196,45 @@ def recorded_reference(ws: Workspace, run_id: str, prompts: list, max_new_tokens
     return None
 
 
-def _alive(export: Export) -> bool:
-    import psutil
-
-    if not export.pid:
-        return False
-    try:
-        os.waitpid(export.pid, os.WNOHANG)  # reap our own child, if it is one and has ended
-    except ChildProcessError:
-        pass
-    try:
-        proc = psutil.Process(export.pid)
-        if export.proc_start and abs(proc.create_time() - export.proc_start) > 1:
-            return False  # the pid was reused by another process
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 def refresh(ws: Workspace, export: Export) -> Export:
     """Fold the export process's status.json (or its death) into the registry row."""
     if export.status != "running":
         return export
-    status_path = export.folder / "status.json"
-    status = json.loads(status_path.read_text()) if status_path.exists() else {}
+    status = read_json(export.folder / "status.json")
     state = status.get("state")
-    if state == "running" and _alive(export):
-        return export
-    if state not in ("succeeded", "failed"):
-        if _alive(export):
+    if export.pid is None:  # registered; its starter is launching the process (or died doing so)
+        if _age(export.created_at) < LAUNCH_GRACE_S:
             return export
-        log = export.folder / "export.log"
-        tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
-        status = {"state": "failed", "error": "The export process ended without saying why"
+        status = {"state": "failed", "error": "The studio stopped while it was starting this export."}
+    elif state not in ("succeeded", "failed") and procs.alive(export.proc):
+        return export
+    elif state not in ("succeeded", "failed"):
+        ending = procs.read_ending(export.proc.exit_file)
+        tail = procs.tail(export.folder / "export.log", 3)
+        status = {"state": "failed", "error": f"The export process ended without saying why ({ending.describe()})"
                   + (f": {' | '.join(tail)}" if tail else ".")}
-    update = {"status": status["state"], "finished_at": now()}
+    update = {"finished_at": now()}
     if status["state"] == "succeeded":
         update.update(export_hash=status["export_hash"], bytes=status["bytes"], dtype=status["dtype"])
     else:
         update["error"] = (status.get("error") or "") + (f" {status['fix']}" if status.get("fix") else "")
+    EXPORT_STATES.try_move(ws, export.id, status["state"], expect=("running",), **update)
+    return _read(ws, export.id)
+
+
+def reconcile(ws: Workspace) -> list[str]:
+    """Bring every running export in line with its process (a studio start calls this): finished ones
+    take the outcome their process wrote, dead ones are failed with how they ended. Returns changed ids."""
     with ws.db() as db:
-        db["exports"].update(export.id, update)
-    return Export(**{**export.__dict__, **update})
+        rows = list(db["exports"].rows_where("status = 'running'"))
+    return [row["id"] for row in rows if refresh(ws, _row_to_export(row)).status != "running"]
+
+
+def _age(stamp: str) -> float:
+    try:
+        return time.time() - dt.datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return float("inf")
 
 
 def wait_export(ws: Workspace, export_id: str, progress: Progress | None = None,

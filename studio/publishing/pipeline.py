@@ -13,7 +13,8 @@ from studio.core.errors import Conflict, StudioError
 from studio.publishing import deployments as registry
 from studio.publishing.export import Export, get_export, reusable_export, start_export, wait_export
 from studio.publishing.source import RunSource, finished_run, run_metrics
-from studio.publishing.targets.base import Deployed, Plan, make_target, register_for_chat
+from studio.publishing.targets import make_target
+from studio.publishing.targets.base import Deployed, Plan
 from studio.publishing.verify import Served, verification_prompts, verify
 
 if TYPE_CHECKING:
@@ -98,27 +99,25 @@ def _deploy_and_verify(ws, dep, chosen, source, export, progress, replaces=None)
     try:
         deployed = chosen.deploy(source, export, _scaled(progress, 0.5, 0.85))
     except Exception as exc:
-        registry.update(ws, dep.id, status="failed", error=str(exc))
+        registry.transition(ws, dep.id, "failed", expect=("publishing",), quiet=True, error=str(exc))
         if replaces is not None and chosen.kind in ("local", "tgi-docker"):
-            _replaced_if_gone(ws, replaces)
+            registry.replaced_if_gone(ws, replaces)
         raise
-    if replaces is not None:
-        registry.update(ws, replaces.id, status="replaced")
+    if replaces is not None:  # quiet: a publish beside this one may have taken the slot from it already
+        registry.transition(ws, replaces.id, "replaced", expect=registry.LIVE, quiet=True)
     progress(0.85, "verifying the replies")
     return _record(ws, dep.id, deployed, export, chosen.options.public())
 
 
-def _replaced_if_gone(ws: Workspace, previous: registry.Deployment) -> None:
-    """A failed local/Docker publish may already have stopped what ran before; say so in the registry."""
+def register_for_chat(ws: Workspace, url: str, name: str) -> None:
+    """Make a deployed URL one of the endpoints the Chat tab offers (once)."""
+    from studio.core.errors import NotFound
     from studio.serving import endpoints
 
-    endpoint_id = previous.options.get("details", {}).get("endpoint_id")
-    if endpoint_id:
-        try:
-            if not endpoints.get_endpoint(ws, endpoint_id).live:
-                registry.update(ws, previous.id, status="replaced")
-        except StudioError:
-            pass
+    try:
+        endpoints.get_endpoint(ws, url, refresh=False)
+    except NotFound:
+        endpoints.register_remote(ws, url, name=name, check=False)
 
 
 def _served_dict(served: Served | None) -> dict | None:
@@ -151,8 +150,8 @@ def _record(ws: Workspace, dep_id: str, deployed: Deployed, export: Export, publ
     kept = current.options  # e.g. rollback_of
     if deployed.served is not None and current.target in ("tgi-docker", "remote", "inference-endpoint"):
         register_for_chat(ws, deployed.served.url, current.slot)  # local endpoints are registered already
-    return registry.update(
-        ws, dep_id, status=status, url=deployed.url, verification=verification,
+    return registry.transition(
+        ws, dep_id, status, url=deployed.url, verification=verification,
         model_name=deployed.served.model if deployed.served else None,
         options={**kept, "options": public, "served": _served_dict(deployed.served), "details": deployed.details},
         error=None if status != "unhealthy" else verification["summary"],
@@ -226,6 +225,9 @@ def rollback(ws: Workspace, ref: str, secrets: dict[str, str] | None = None,
     if not current.previous_id:
         raise Conflict(f"Deployment {current.id} ({current.slot}) has no earlier version to roll back to.",
                        "Publish another run to this slot first, or pick another deployment.")
+    if current.status not in (*registry.LIVE, "failed"):
+        raise Conflict(f"Deployment {current.id} is {current.status}, so it cannot be rolled back.",
+                       "Roll back the slot's current deployment (`studio deployments list` shows it).")
     earlier = registry.get_deployment(ws, current.previous_id)
     export = _export_of(ws, earlier)
     source = finished_run(ws, earlier.run_id)
@@ -237,5 +239,5 @@ def rollback(ws: Workspace, ref: str, secrets: dict[str, str] | None = None,
                           export_id=earlier.export_id, previous_id=earlier.previous_id,
                           options={"options": chosen.options.public(), "rollback_of": current.id})
     result = _deploy_and_verify(ws, dep, chosen, source, export, progress)
-    registry.update(ws, current.id, status="rolled_back")
+    registry.transition(ws, current.id, "rolled_back", expect=(*registry.LIVE, "failed"))
     return result

@@ -186,7 +186,7 @@ def token_limits(ws: Workspace, source: RunSource) -> TokenLimits:
 
 
 def _local_context(ws: Workspace, source: RunSource) -> int | None:
-    from studio.models.catalog import resolve
+    from studio.models.resolve import resolve
 
     try:
         resolved = resolve(ws, source.base_model)

@@ -16,7 +16,7 @@ from studio.core.errors import StudioError
 from studio.core.workspace import Workspace
 from studio.publishing import deployments, pipeline
 from studio.publishing.source import publishable_runs
-from studio.publishing.targets.base import target_classes
+from studio.publishing.targets import target_classes
 from studio.publishing.verify import CAUSE_TEXT
 
 GUIDE = """### Publish a tuned model

@@ -131,7 +131,7 @@ class RemoteTarget(Target):
                 "sglang": f"python -m sglang.launch_server --model-path {folder} --served-model-name {name} "
                           f"--context-length {limits.max_total_tokens}",
             }
-        from studio.models.catalog import resolve
+        from studio.models.resolve import resolve
 
         base = resolve(self.ws, source.base_model).source  # a hub id, or the local folder it lives in
         return {
