@@ -9,7 +9,9 @@ import argparse
 import os
 
 from studio.core.workspace import Workspace
-from studio.training.runs import start_scheduler
+from studio.publishing import deployments, export
+from studio.serving import endpoints
+from studio.training.scheduler import start_scheduler
 from studio.ui.app import build_app, css, theme
 
 
@@ -25,7 +27,12 @@ def main() -> None:
     ws = Workspace.open(args.home)
     user, password = os.environ.get("STUDIO_USERNAME"), os.environ.get("STUDIO_PASSWORD")
     app = build_app(ws)
-    # the training queue: re-adopt runs that trained through a restart, then start queued ones as devices free up
+    # what ran through a restart: endpoints and exports re-adopted or failed with how they ended, a publish
+    # cut short by a crash failed (not left "publishing"); then the training queue re-adopts its runs and
+    # starts queued ones as devices free up
+    endpoints.list_endpoints(ws)
+    export.reconcile(ws)
+    deployments.reconcile(ws)
     start_scheduler(ws)
     print(f"LLMOps Studio: workspace {ws.home}", flush=True)
     app.queue(default_concurrency_limit=8).launch(
