@@ -7,6 +7,7 @@ named `_mNNN_what`; NNN is its number. Add new ones to MIGRATIONS; never edit on
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import sqlite_utils
 
@@ -211,3 +212,13 @@ def migrate(db: sqlite_utils.Database) -> list[int]:
 
 def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def seconds_since(stamp: str | None) -> float | None:
+    """Seconds from a `now()` stamp until now; None when there is no (readable) stamp."""
+    if not stamp:
+        return None
+    try:
+        return time.time() - dt.datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None

@@ -7,7 +7,6 @@ An export folder `exports/<id>/` holds job.json, events.jsonl, export.log, statu
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import secrets
 import shutil
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from studio.core import procs
-from studio.core.db import now
+from studio.core.db import now, seconds_since
 from studio.core.errors import InvalidInput, NotFound, ResourceError, StudioError
 from studio.core.files import read_json, read_jsonl
 from studio.core.states import Machine
@@ -203,7 +202,8 @@ def refresh(ws: Workspace, export: Export) -> Export:
     status = read_json(export.folder / "status.json")
     state = status.get("state")
     if export.pid is None:  # registered; its starter is launching the process (or died doing so)
-        if _age(export.created_at) < LAUNCH_GRACE_S:
+        waited = seconds_since(export.created_at)
+        if waited is not None and waited < LAUNCH_GRACE_S:
             return export
         status = {"state": "failed", "error": "The studio stopped while it was starting this export."}
     elif state not in ("succeeded", "failed") and procs.alive(export.proc):
@@ -228,13 +228,6 @@ def reconcile(ws: Workspace) -> list[str]:
     with ws.db() as db:
         rows = list(db["exports"].rows_where("status = 'running'"))
     return [row["id"] for row in rows if refresh(ws, _row_to_export(row)).status != "running"]
-
-
-def _age(stamp: str) -> float:
-    try:
-        return time.time() - dt.datetime.fromisoformat(stamp).timestamp()
-    except ValueError:
-        return float("inf")
 
 
 def wait_export(ws: Workspace, export_id: str, progress: Progress | None = None,

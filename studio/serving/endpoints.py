@@ -11,7 +11,6 @@ two processes.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 import secrets
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel
 
 from studio.core import procs
-from studio.core.db import now
+from studio.core.db import now, seconds_since
 from studio.core.errors import Conflict, InvalidInput, NotFound
 from studio.core.states import Machine
 from studio.serving.client import healthy, served_models
@@ -133,7 +132,8 @@ def reconcile(ws: Workspace, endpoint: Endpoint) -> Endpoint:
     if endpoint.kind != "local" or not endpoint.live:
         return endpoint
     if endpoint.pid is None:  # claimed; its starter is launching the process (or died doing so)
-        if _age(endpoint.created_at) < CLAIM_GRACE_S:
+        waited = seconds_since(endpoint.created_at)
+        if waited is not None and waited < CLAIM_GRACE_S:
             return endpoint
         ENDPOINT_STATES.try_move(ws, endpoint.id, "failed", expect=LIVE, stopped_at=now(),
                                  error="The studio stopped while it was starting this endpoint.")
@@ -149,13 +149,6 @@ def reconcile(ws: Workspace, endpoint: Endpoint) -> Endpoint:
         ENDPOINT_STATES.try_move(ws, endpoint.id, "ready", expect=("starting",))
         return read(ws, endpoint.id)
     return endpoint
-
-
-def _age(stamp: str) -> float:
-    try:
-        return time.time() - dt.datetime.fromisoformat(stamp).timestamp()
-    except ValueError:
-        return float("inf")
 
 
 def log_tail(ws: Workspace, endpoint_id: str, lines: int = 8) -> str:

@@ -9,14 +9,13 @@ every pass its launcher is asked whether it still runs, which is also how a rest
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from studio.core.db import now
+from studio.core.db import now, seconds_since
 from studio.core.errors import Conflict
 from studio.training import launchers
 from studio.training.folder import TERMINAL_STATES
@@ -136,8 +135,8 @@ def reconcile(ws: Workspace) -> list[str]:
     changed = []
     for run in list_runs(ws, "running"):
         if run.pid is None and run.launch_ref is None:
-            started = _parse_time(run.started_at)
-            if started is not None and time.time() - started > LAUNCH_GRACE_S and transition(
+            waited = seconds_since(run.started_at)
+            if waited is not None and waited > LAUNCH_GRACE_S and transition(
                     ws, run.id, "failed", expect=("running",), quiet=True, finished_at=now(),
                     error="The studio stopped while it was starting this run.", fix="Resume the run."):
                 changed.append(run.id)
@@ -146,8 +145,8 @@ def reconcile(ws: Workspace) -> list[str]:
         summary = summarize(run.folder)
         if launcher.poll(run.attempt()):
             record(ws, run.id, **summary["progress"])
-            requested = _parse_time(run.cancel_requested_at)
-            if requested is not None and time.time() - requested > CANCEL_GRACE_S:
+            waited = seconds_since(run.cancel_requested_at)
+            if waited is not None and waited > CANCEL_GRACE_S:
                 launcher.kill(run.attempt(), grace=CANCEL_GRACE_S)
             else:
                 continue
@@ -180,15 +179,6 @@ def _outcome(run: Run, launcher: launchers.Launcher) -> tuple[str, dict[str, Any
         "fix": (f"Resume the run: it continues from its last checkpoint ({last.name})." if last else
                 "Resume the run: no checkpoint was saved yet, so it starts again from the beginning."),
     }
-
-
-def _parse_time(stamp: str | None) -> float | None:
-    if not stamp:
-        return None
-    try:
-        return dt.datetime.fromisoformat(stamp).timestamp()
-    except ValueError:
-        return None
 
 
 def cancel(ws: Workspace, run_id: str, wait: float = 0.0) -> Run:

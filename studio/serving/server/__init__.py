@@ -3,5 +3,6 @@
 Started from an argv list (`python -m studio.serving.server --model M --adapter NAME=DIR ... --port P`); it
 binds 127.0.0.1, never touches SQLite and never imports gradio. `model.py` loads the weights and the
 chat formats, `engine.py` generates (continuous batching in one worker thread), `schemas.py`
-validates requests as TGI does, `app.py` is the FastAPI app.
+validates request bodies as TGI does, `prepare.py` turns a request into token ids and sampling settings,
+`app.py` is the FastAPI app.
 """
