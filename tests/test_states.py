@@ -202,3 +202,13 @@ def test_an_export_whose_process_died_is_failed_with_how_it_ended(ws, run_id, tm
     dead = export.get_export(ws, "exp-dead")
     assert dead.status == "failed" and "exited with code 9" in dead.error and "merging" in dead.error
     assert "while it was starting" in export.get_export(ws, "exp-unlaunched").error
+
+
+def test_a_decision_taken_on_a_stale_snapshot_changes_nothing(ws, run_id):
+    """'No process yet, so its starter died' must not fail an endpoint whose process was recorded meanwhile."""
+    row_id = _row(ws, "endpoints", "starting", run_id)
+    stale = launch.read(ws, row_id)
+    ENDPOINT_STATES.update_while(ws, row_id, ("starting",), pid=4242)  # its starter launched it meanwhile
+    assert not ENDPOINT_STATES.try_move(ws, row_id, "failed", unchanged={"pid": stale.pid})
+    assert ENDPOINT_STATES.current(ws, row_id) == "starting"
+    assert ENDPOINT_STATES.try_move(ws, row_id, "failed", unchanged={"pid": 4242})

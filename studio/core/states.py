@@ -57,14 +57,17 @@ class Machine:
     # --------------------------------------------------------------------------------- changes
 
     def try_move(self, ws: Workspace, row_id: str, to: str, *, expect: Iterable[str] | None = None,
-                 **fields: Any) -> bool:
-        """Set status = `to` (and `fields`) if the row is in a state that may become `to`; False if not."""
-        return self._update(ws, row_id, self.sources(to, expect), {"status": to, **fields})
+                  unchanged: dict[str, Any] | None = None, **fields: Any) -> bool:
+        """Set status = `to` (and `fields`) if the row is in a state that may become `to`; False if not.
+
+        `unchanged`: columns that must still hold these values (None: NULL), when the decision was taken on
+        a snapshot of the row, e.g. "its process, pid 123, is dead" must not fail a row that has a new pid."""
+        return self._update(ws, row_id, self.sources(to, expect), {"status": to, **fields}, unchanged)
 
     def move(self, ws: Workspace, row_id: str, to: str, *, expect: Iterable[str] | None = None,
-             **fields: Any) -> None:
+             unchanged: dict[str, Any] | None = None, **fields: Any) -> None:
         """As try_move, but a refused change raises Conflict naming the state the row is in (NotFound if gone)."""
-        if not self.try_move(ws, row_id, to, expect=expect, **fields):
+        if not self.try_move(ws, row_id, to, expect=expect, unchanged=unchanged, **fields):
             current = self.current(ws, row_id)
             raise Conflict(f"{self.noun} '{row_id}' is {current}, so it cannot become {to}.",
                            self.hints.get(to) or f"Look at its current state{self.listing} and try again.")
@@ -95,10 +98,15 @@ class Machine:
             raise NotFound(f"There is no {self.noun.lower()} '{row_id}'.", f"It may have been deleted{self.listing}.")
         return row[0]
 
-    def _update(self, ws: Workspace, row_id: str, states: tuple[str, ...], fields: dict[str, Any]) -> bool:
+    def _update(self, ws: Workspace, row_id: str, states: tuple[str, ...], fields: dict[str, Any],
+                unchanged: dict[str, Any] | None = None) -> bool:
         assignments = ", ".join(f"{_column(k)} = ?" for k in fields)
         marks = ", ".join("?" for _ in states)
         sql = f"UPDATE {_column(self.table)} SET {assignments} WHERE id = ? AND status IN ({marks})"
+        args = [*fields.values(), row_id, *states]
+        for column, value in (unchanged or {}).items():
+            sql += f" AND {_column(column)} IS ?"  # IS: NULL matches NULL
+            args.append(value)
         with ws.db() as db:
-            changed = db.conn.execute(sql, [*fields.values(), row_id, *states]).rowcount
+            changed = db.conn.execute(sql, args).rowcount
         return changed == 1

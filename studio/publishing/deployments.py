@@ -100,15 +100,15 @@ def create(ws: Workspace, *, run_id: str, target: str, slot: str, **fields: Any)
 
 
 def transition(ws: Workspace, dep_id: str, to: str, *, expect: tuple[str, ...] | None = None,
-               quiet: bool = False, **fields: Any) -> Deployment | None:
+               quiet: bool = False, unchanged: dict[str, Any] | None = None, **fields: Any) -> Deployment | None:
     """The one way a deployment's status changes (see DEPLOYMENT_STATES), with `fields` in the same update.
     A refused change raises Conflict, or returns None with quiet=True."""
     row = _to_row({**fields, "updated_at": now()})
     if quiet:
-        if not DEPLOYMENT_STATES.try_move(ws, dep_id, to, expect=expect, **row):
+        if not DEPLOYMENT_STATES.try_move(ws, dep_id, to, expect=expect, unchanged=unchanged, **row):
             return None
     else:
-        DEPLOYMENT_STATES.move(ws, dep_id, to, expect=expect, **row)
+        DEPLOYMENT_STATES.move(ws, dep_id, to, expect=expect, unchanged=unchanged, **row)
     return get_deployment(ws, dep_id)
 
 
@@ -121,10 +121,11 @@ def reconcile(ws: Workspace) -> list[str]:
     for row in rows:
         if procs.is_running(row.get("owner_pid"), row.get("owner_start")):
             continue
-        who = f"process {row['owner_pid']}" if row.get("owner_pid") else "an older studio"
+        who = f"the process doing it (pid {row['owner_pid']})" if row.get("owner_pid") else "the studio doing it"
         if transition(ws, row["id"], "failed", expect=("publishing",), quiet=True,
-                      error=f"The publish stopped before it finished: the {who} doing it ended (a crash, a kill or "
-                      "a restart). Publish the run again."):
+                      unchanged={"owner_pid": row.get("owner_pid")},
+                      error=f"The publish stopped before it finished: {who} ended (a crash, a kill or a restart). "
+                      "Publish the run again."):
             failed.append(row["id"])
             if row.get("previous_id"):
                 replaced_if_gone(ws, get_deployment(ws, row["previous_id"]))

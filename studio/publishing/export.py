@@ -218,7 +218,8 @@ def refresh(ws: Workspace, export: Export) -> Export:
         update.update(export_hash=status["export_hash"], bytes=status["bytes"], dtype=status["dtype"])
     else:
         update["error"] = (status.get("error") or "") + (f" {status['fix']}" if status.get("fix") else "")
-    EXPORT_STATES.try_move(ws, export.id, status["state"], expect=("running",), **update)
+    EXPORT_STATES.try_move(ws, export.id, status["state"], expect=("running",), unchanged={"pid": export.pid},
+                           **update)
     return _read(ws, export.id)
 
 

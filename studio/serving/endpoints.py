@@ -135,13 +135,14 @@ def reconcile(ws: Workspace, endpoint: Endpoint) -> Endpoint:
         waited = seconds_since(endpoint.created_at)
         if waited is not None and waited < CLAIM_GRACE_S:
             return endpoint
-        ENDPOINT_STATES.try_move(ws, endpoint.id, "failed", expect=LIVE, stopped_at=now(),
-                                 error="The studio stopped while it was starting this endpoint.")
+        ENDPOINT_STATES.try_move(ws, endpoint.id, "failed", expect=("starting",), unchanged={"pid": None},
+                                 stopped_at=now(), error="The studio stopped while it was starting this endpoint.")
         return read(ws, endpoint.id)
     proc = endpoint.proc(ws)
     if not procs.alive(proc):
         ending = procs.read_ending(proc.exit_file)
-        ENDPOINT_STATES.try_move(ws, endpoint.id, "failed", expect=LIVE, stopped_at=now(),
+        ENDPOINT_STATES.try_move(ws, endpoint.id, "failed", expect=LIVE, unchanged={"pid": endpoint.pid},
+                                 stopped_at=now(),
                                  error=f"The endpoint process ended unexpectedly ({ending.describe()}). "
                                  + log_tail(ws, endpoint.id))
         return read(ws, endpoint.id)

@@ -153,10 +153,10 @@ def start_endpoint(
 
 def wait_ready(ws: Workspace, ref: str, timeout: float = START_TIMEOUT_S) -> Endpoint:
     """Wait until a starting local endpoint answers /health; fail fast if its process dies."""
-    endpoint = get_endpoint(ws, ref, refresh=False)
+    endpoint_id = get_endpoint(ws, ref, refresh=False).id
     deadline = time.monotonic() + timeout
     while True:
-        endpoint = reconcile(ws, endpoint)
+        endpoint = reconcile(ws, read(ws, endpoint_id))  # read anew: another caller may be starting it
         if endpoint.kind == "remote" or endpoint.status == "ready":
             return endpoint
         if endpoint.status != "starting":

@@ -121,13 +121,13 @@ def queue(ws: Workspace) -> list[Run]:
 
 
 def transition(ws: Workspace, run_id: str, to: str, *, expect: tuple[str, ...] | None = None,
-               quiet: bool = False, **fields: Any) -> bool:
+               quiet: bool = False, unchanged: dict[str, Any] | None = None, **fields: Any) -> bool:
     """The one way a run's status changes: to `to`, from a state RUN_STATES allows (narrowed to `expect`),
     with `fields` written in the same update. A refused change raises Conflict, or returns False with
-    quiet=True (a reconciler that lost a race to another one)."""
+    quiet=True (a reconciler that lost a race to another one). `unchanged`: see Machine.try_move."""
     if quiet:
-        return RUN_STATES.try_move(ws, run_id, to, expect=expect, **fields)
-    RUN_STATES.move(ws, run_id, to, expect=expect, **fields)
+        return RUN_STATES.try_move(ws, run_id, to, expect=expect, unchanged=unchanged, **fields)
+    RUN_STATES.move(ws, run_id, to, expect=expect, unchanged=unchanged, **fields)
     return True
 
 

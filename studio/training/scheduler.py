@@ -137,7 +137,7 @@ def reconcile(ws: Workspace) -> list[str]:
         if run.pid is None and run.launch_ref is None:
             waited = seconds_since(run.started_at)
             if waited is not None and waited > LAUNCH_GRACE_S and transition(
-                    ws, run.id, "failed", expect=("running",), quiet=True, finished_at=now(),
+                    ws, run.id, "failed", expect=("running",), quiet=True, unchanged=_handle(run), finished_at=now(),
                     error="The studio stopped while it was starting this run.", fix="Resume the run."):
                 changed.append(run.id)
             continue
@@ -151,9 +151,15 @@ def reconcile(ws: Workspace) -> list[str]:
             else:
                 continue
         to, fields = _outcome(run, launcher)
-        if transition(ws, run.id, to, expect=("running",), quiet=True, **fields, **summary["progress"]):
+        if transition(ws, run.id, to, expect=("running",), quiet=True, unchanged=_handle(run), **fields,
+                      **summary["progress"]):
             changed.append(run.id)
     return changed
+
+
+def _handle(run: Run) -> dict[str, Any]:
+    """The columns a reconcile decision was taken on: it applies only to that very attempt."""
+    return {"pid": run.pid, "launch_ref": run.launch_ref, "attempts": run.attempts}
 
 
 def _outcome(run: Run, launcher: launchers.Launcher) -> tuple[str, dict[str, Any]]:
