@@ -165,6 +165,7 @@ def test_the_journey_from_csv_to_a_published_model(studio, page, capsys):
     expect(runs.get_by_label("Run", exact=True)).to_have_value(re.compile(run_id))
     expect(runs.locator("#run-progress")).to_contain_text("running", timeout=60_000)
     assert wait_for_step(runs.locator("#run-progress"), second) > second
+    expect(runs.locator("#run-loss g.mark-line path").first).to_be_visible(timeout=30_000)  # drawn after a reload
     screenshot(page, "runs.png")
 
     # ... and it finishes
