@@ -41,3 +41,18 @@ def test_unwritable_home_is_a_clear_error(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(InvalidInput, match="cannot be created"):
         Workspace.open(blocker / "home")
+
+
+def test_ids_made_in_the_same_second_never_collide(tmp_path, monkeypatch):
+    """A run, export or evaluation id is taken by creating its folder: a repeated random part is retried."""
+    import itertools
+
+    from studio.core import files
+
+    draws = itertools.chain(["beef", "beef", "beef"], itertools.repeat("cafe"))
+    monkeypatch.setattr(files.secrets, "token_hex", lambda n: next(draws))
+    monkeypatch.setattr(files.time, "strftime", lambda fmt: "20261202-120000")
+    first = files.new_folder(tmp_path, "run")
+    second = files.new_folder(tmp_path, "run")
+    assert (first.name, second.name) == ("run-20261202-120000-beef", "run-20261202-120000-cafe")
+    assert first.is_dir() and second.is_dir()

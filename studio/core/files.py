@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +51,16 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             continue
     return records
+
+
+def new_folder(parent: Path, prefix: str) -> Path:
+    """A new, empty folder `parent/PREFIX-YYYYmmdd-HHMMSS-xxxx`, its name the id of what lives in it. The id
+    is taken by creating the folder, so two ids made in the same second never collide."""
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        folder = parent / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue

@@ -13,8 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import secrets
-import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -25,6 +23,7 @@ from pydantic import BaseModel
 
 from studio.core.db import now
 from studio.core.errors import Conflict, InvalidInput, NotFound
+from studio.core.files import new_folder
 from studio.evaluation.golden import GoldenItem, golden_hash, heldout_items
 from studio.evaluation.scores import SCORES, score
 
@@ -208,9 +207,8 @@ def _summarize(items: list[dict], loss: dict[str, Any], max_new_tokens: int) -> 
 
 def _store(ws: Workspace, run_id: str, golden: list[GoldenItem], name: str, kind: str, items: list[dict],
            summary: dict) -> Evaluation:
-    eval_id = time.strftime("ev-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-    folder = ws.evaluations_dir / eval_id
-    folder.mkdir(parents=True)
+    folder = new_folder(ws.evaluations_dir, "ev")
+    eval_id = folder.name
     with open(folder / "golden.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["question", "reference_answer"])

@@ -8,7 +8,6 @@ An export folder `exports/<id>/` holds job.json, events.jsonl, export.log, statu
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
 import sys
 import time
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from studio.core import procs
 from studio.core.db import now, seconds_since
 from studio.core.errors import InvalidInput, NotFound, ResourceError, StudioError
-from studio.core.files import read_json, read_jsonl
+from studio.core.files import new_folder, read_json, read_jsonl
 from studio.core.states import Machine
 
 if TYPE_CHECKING:
@@ -154,9 +153,8 @@ def start_export(
 
     check_disk(ws, estimate_bytes(ws, source, kind),
                "the merged model" if kind == "merged" else "the adapter")
-    export_id = f"exp-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    folder = ws.exports_dir / export_id
-    folder.mkdir(parents=True)
+    folder = new_folder(ws.exports_dir, "exp")
+    export_id = folder.name
     job = {
         "export_id": export_id, "run_id": source.run_id, "kind": kind,
         "base_source": resolve(ws, source.base_model).source, "adapter_dir": str(source.adapter_dir),

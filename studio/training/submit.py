@@ -5,16 +5,14 @@ folder and queueing it (submit), re-running a run's exact config, and the `studi
 from __future__ import annotations
 
 import json
-import secrets
 import shutil
-import time
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from studio.core.db import now
 from studio.core.errors import ResourceError
-from studio.core.files import write_json_atomic
+from studio.core.files import new_folder, write_json_atomic
 from studio.training import launchers
 from studio.training.config import TrainConfig, load_yaml
 from studio.training.folder import RunFolder
@@ -66,10 +64,6 @@ def plan(ws: Workspace, cfg: TrainConfig) -> Plan:
 # ------------------------------------------------------------------------------------------ submitting
 
 
-def _new_id() -> str:
-    return time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
-
-
 def submit(
     ws: Workspace,
     cfg: TrainConfig,
@@ -98,9 +92,8 @@ def submit(
         estimate = estimate.model_dump()
     if estimate and not force:
         _refuse_if_too_big(estimate)
-    run_id = _new_id()
-    folder = RunFolder(ws.runs_dir / run_id)
-    folder.path.mkdir(parents=True)
+    folder = RunFolder(new_folder(ws.runs_dir, "run"))
+    run_id = folder.path.name
     folder.config.write_text(cfg.to_yaml(), encoding="utf-8")
     manifest = {
         "run_id": run_id,
