@@ -89,14 +89,19 @@ def _to_row(values: dict[str, Any]) -> dict[str, Any]:
 
 def create(ws: Workspace, *, run_id: str, target: str, slot: str, **fields: Any) -> Deployment:
     """A new deployment, "publishing", owned by this process until it is recorded."""
-    dep_id = f"dep-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     owner_pid, owner_start = procs.own_identity()
-    values = {"id": dep_id, "run_id": run_id, "target": target, "slot": slot, "status": "publishing",
-              "created_at": now(), "updated_at": now(), "owner_pid": owner_pid, "owner_start": owner_start,
-              **fields}
     with ws.db() as db:
-        db["deployments"].insert(_to_row(values))
+        dep_id = _new_id()
+        while db.execute("SELECT 1 FROM deployments WHERE id = ?", [dep_id]).fetchone():
+            dep_id = _new_id()  # made in the same second as another one, with the same random part
+        db["deployments"].insert(_to_row({
+            "id": dep_id, "run_id": run_id, "target": target, "slot": slot, "status": "publishing",
+            "created_at": now(), "updated_at": now(), "owner_pid": owner_pid, "owner_start": owner_start, **fields}))
     return get_deployment(ws, dep_id)
+
+
+def _new_id() -> str:
+    return f"dep-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
 def transition(ws: Workspace, dep_id: str, to: str, *, expect: tuple[str, ...] | None = None,

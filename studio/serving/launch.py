@@ -90,6 +90,9 @@ def _claim(ws: Workspace, endpoint: Endpoint, *, for_run: str | None, named: boo
             if clash:
                 conn.rollback()
                 raise Conflict(clash, "Use that endpoint, or stop it first (`studio endpoints stop`).")
+        while conn.execute("SELECT 1 FROM endpoints WHERE id = ?", [endpoint.id]).fetchone():
+            endpoint.id = new_id()  # made in the same second as another one, with the same random part
+            endpoint.name = endpoint.name if named or for_run else endpoint.id
         row = endpoint.to_row()
         conn.execute(f"INSERT INTO endpoints ({', '.join(f'[{k}]' for k in row)}) "
                      f"VALUES ({', '.join('?' for _ in row)})", list(row.values()))
