@@ -70,10 +70,7 @@ class Ending:
             if self.signal == signal.SIGSEGV:
                 return f"it crashed ({name}, signal {self.signal}) in native code (a CUDA or library fault)"
             return f"it was stopped by {name} (signal {self.signal})"
-        return "how it ended was not recorded (its whole process group was killed at once)"
-
-    def to_dict(self) -> dict:
-        return {"code": self.code, "signal": self.signal, "by_stop": self.by_stop, "text": self.describe()}
+        return "how it ended was not recorded (it was killed outright, or started by an older studio)"
 
 
 def _signal_name(signum: int) -> str:

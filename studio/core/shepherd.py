@@ -18,7 +18,7 @@ import time
 
 # Signals sent to the whole group (cancel, stop) reach the shepherd too. It stays to record the end;
 # a handler (unlike SIG_IGN) is reset to the default in the child by exec, so the child still gets them.
-FORWARDED_TO_CHILD_BY_THE_GROUP = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+GROUP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def _write(path: str, record: dict) -> None:
@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m studio.core.shepherd EXIT_FILE -- ARGV...", file=sys.stderr)
         return 2
     exit_file, command = argv[0], argv[2:]
-    for signum in FORWARDED_TO_CHILD_BY_THE_GROUP:
+    for signum in GROUP_SIGNALS:
         signal.signal(signum, lambda *_: None)
     try:
         child = subprocess.Popen(command)

@@ -34,8 +34,7 @@ RUN_STATES = Machine(
         "cancelled": ("queued",),  # resume
         "succeeded": (),  # final: re-run makes a new run
     },
-    hints={"queued": "Only a failed or cancelled run can be resumed; re-run makes a new one.",
-           "cancelled": "Only a queued or running run can be cancelled.",
+    hints={"queued": "Another action changed the run meanwhile; look at it again before resuming.",
            "deleted": "Cancel it first, then delete it."},
 )
 

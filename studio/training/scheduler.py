@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from studio.core import procs
 from studio.core.db import now, seconds_since
 from studio.core.errors import Conflict
 from studio.training import launchers
@@ -28,9 +29,6 @@ if TYPE_CHECKING:
 
 LAUNCH_GRACE_S = 120.0  # a run claimed but without a pid for this long: its scheduler died mid-launch
 CANCEL_GRACE_S = 180.0  # a cancelled run still running this long after the request is killed (a hung step)
-
-__all__ = ["CPU_SLOT", "cancel", "claim_next", "reconcile", "schedule", "start_scheduler", "wait_for", "worker"]
-
 
 def device_slots() -> list[int]:
     """One slot per CUDA GPU; the CPU is the single slot when there is none."""
@@ -177,7 +175,7 @@ def _outcome(run: Run, launcher: launchers.Launcher) -> tuple[str, dict[str, Any
             fields["notice"] = " ".join(filter(None, [run.notice, note]))
         return "cancelled", fields
     last = run.folder.last_checkpoint()
-    tail = [ln for ln in run.folder.tail_log(60) if ln.strip() and "it/s]" not in ln][-8:]
+    tail = procs.tail(run.folder.log, 8, skip=("it/s]",))
     return "failed", {
         **fields,
         "error": f"The training process stopped without finishing (it was killed or crashed): {ending.describe()}. "
