@@ -56,3 +56,44 @@ def test_ids_made_in_the_same_second_never_collide(tmp_path, monkeypatch):
     second = files.new_folder(tmp_path, "run")
     assert (first.name, second.name) == ("run-20261202-120000-beef", "run-20261202-120000-cafe")
     assert first.is_dir() and second.is_dir()
+
+
+def _hold_write_lock(db_path, seconds: float):
+    """Another program (not the studio) holding the database's write lock for a while."""
+    import subprocess
+    import sys
+
+    code = ("import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "c.execute('BEGIN IMMEDIATE'); print('locked', flush=True); time.sleep(float(sys.argv[2])); "
+            "c.execute('COMMIT')")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(db_path), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_database_locked_for_a_moment_is_waited_for_then_named(studio_home, monkeypatch):
+    import subprocess
+    import sys
+
+    from studio.core import workspace
+    from studio.core.errors import ResourceError
+
+    ws = Workspace.open()
+    holder = _hold_write_lock(ws.db_path, 1.0)  # shorter than the wait: the write goes through
+    with ws.db() as db:
+        db["settings"].insert({"key": "a", "value_json": "1", "updated_at": "now"})
+    holder.wait()
+
+    monkeypatch.setattr(workspace, "BUSY_TIMEOUT_S", 0.5)
+    holder = _hold_write_lock(ws.db_path, 4.0)  # longer: a clear message, nothing half-written
+    with pytest.raises(ResourceError, match="stayed locked by another program") as info, ws.db() as db:
+        db["settings"].insert({"key": "b", "value_json": "1", "updated_at": "now"})
+    assert "database browser" in info.value.fix
+    # the CLI says it in one line, with no traceback
+    cli = subprocess.run([sys.executable, "-c", "import sys, studio.core.workspace as w; w.BUSY_TIMEOUT_S = 0.5; "
+                          "from studio.cli import main; sys.exit(main(['users', 'allow-targets', 'local']))"],
+                         capture_output=True, text=True, env={"STUDIO_HOME": str(studio_home), "PATH": "/usr/bin:/bin"})
+    holder.wait()
+    assert cli.returncode == 2 and "stayed locked" in cli.stderr and "Traceback" not in cli.stderr
+    with ws.db() as db:
+        assert [r["key"] for r in db["settings"].rows] == ["a"]

@@ -180,7 +180,26 @@ def _m006_supervision(db: sqlite_utils.Database) -> None:
     deployments.add_column("owner_start", float)
 
 
-MIGRATIONS = [_m001_core, _m003_training, _m004_serve, _m005_publish, _m006_supervision]
+def _m007_accounts(db: sqlite_utils.Database) -> None:
+    """Accounts with roles, the audit log, studio-wide settings, and who made each dataset, run and
+    deployment ("" for what was made before accounts existed)."""
+    db["users"].create(
+        {"name": str, "password_hash": str, "role": str, "created_at": str, "created_by": str,
+         "updated_at": str},
+        pk="name", not_null={"password_hash", "role", "created_at"},
+    )
+    db["audit"].create(
+        {"id": int, "at": str, "actor": str, "role": str, "origin": str, "action": str, "target": str,
+         "detail_json": str},
+        pk="id", not_null={"at", "actor", "action"},
+    )
+    db["audit"].create_index(["at"])
+    db["settings"].create({"key": str, "value_json": str, "updated_at": str}, pk="key")
+    for table in ("datasets", "runs", "deployments"):
+        db[table].add_column("created_by", str)
+
+
+MIGRATIONS = [_m001_core, _m003_training, _m004_serve, _m005_publish, _m006_supervision, _m007_accounts]
 
 
 def _number(step) -> int:

@@ -7,6 +7,8 @@ sees half of it; an event log is appended one line at a time, and a reader skips
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import secrets
@@ -14,6 +16,33 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+# the same as text, for errors that reach us as a message (safetensors' Rust errors, SQLite's "disk is full")
+DISK_FULL_TEXTS = ("no space left", "file too large", "disk quota", "os error 28", "os error 27", "os error 122",
+                   "database or disk is full")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return True
+    return any(t in str(exc).lower() for t in DISK_FULL_TEXTS)
+
+
+@contextlib.contextmanager
+def disk_full_says(what: str, where: Path | str):
+    """Turn a full disk (or a file-size or quota limit) while doing `what` into a ResourceError that says so."""
+    from studio.core.errors import ResourceError
+
+    try:
+        yield
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        raise ResourceError(
+            f"The disk filled up while {what} ({str(exc).strip().splitlines()[-1][:160]}); nothing was saved.",
+            f"Free space on the drive of {where}, or move the workspace (--home / STUDIO_HOME) to a larger one.",
+        ) from exc
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -17,9 +17,11 @@ from pathlib import Path
 import sqlite_utils
 
 from studio.core import db as schema
-from studio.core.errors import InvalidInput
+from studio.core.errors import InvalidInput, ResourceError
+from studio.core.files import is_disk_full
 
 DEFAULT_HOME = Path("~/.llmops-studio")
+BUSY_TIMEOUT_S = 30.0  # how long a write waits for another writer (a backup, a DB browser) to let go
 FOLDERS = ("datasets", "runs", "models", "endpoints", "exports", "evaluations")
 
 
@@ -79,13 +81,26 @@ class Workspace:
     @contextlib.contextmanager
     def db(self) -> Iterator[sqlite_utils.Database]:
         """A fresh connection for one unit of work: WAL, foreign keys on, closed afterwards."""
-        conn = sqlite3.connect(self.db_path, timeout=30)
+        conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S)
         try:
             database = sqlite_utils.Database(conn)
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute("PRAGMA busy_timeout = 30000")
             yield database
             conn.commit()
+        except sqlite3.OperationalError as exc:
+            if is_disk_full(exc) or "disk i/o error" in str(exc).lower():  # SQLite's words for a failed write
+                raise ResourceError(f"The disk of {self.home} is full (or failing): the studio's database cannot be "
+                                    "written (nothing was changed).",
+                                    "Free space on that drive, then try again.") from exc
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            raise ResourceError(
+                f"The studio's database {self.db_path} stayed locked by another program for {BUSY_TIMEOUT_S:.0f} s "
+                "(nothing was changed).",
+                "Close whatever holds it open for writing (a database browser, a backup, a second studio on the "
+                "same workspace), then try again.",
+            ) from exc
         finally:
             conn.close()
