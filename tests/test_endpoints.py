@@ -12,6 +12,7 @@ import time
 
 import psutil
 import pytest
+from device import CUDA
 
 from studio.core.errors import Conflict, InvalidInput, ModelUnavailable, NotFound
 from studio.serving import adapters, endpoints, launch
@@ -123,11 +124,26 @@ def test_start_refusals_are_clear(ws, tmp_path):
     assert endpoints.list_endpoints(ws) == []  # nothing half-registered
 
 
-def test_four_bit_without_cuda_is_refused_with_the_reason(ws):
-    with pytest.raises(ModelUnavailable, match="4-bit serving needs a CUDA GPU"):
-        launch.start_endpoint(ws, "demo-tiny", quantize="4bit")
-    [failed] = endpoints.list_endpoints(ws)
-    assert failed.status == "failed" and "4-bit serving needs a CUDA GPU" in failed.error
+def test_four_bit_serving_on_cuda_and_its_refusal_elsewhere(ws):
+    """On CUDA the base model is served in NF4 4-bit and answers; without CUDA it is refused with the reason."""
+    if not CUDA:
+        with pytest.raises(ModelUnavailable, match="4-bit serving needs a CUDA GPU"):
+            launch.start_endpoint(ws, "demo-tiny", quantize="4bit")
+        [failed] = endpoints.list_endpoints(ws)
+        assert failed.status == "failed" and "4-bit serving needs a CUDA GPU" in failed.error
+        return
+    import httpx
+
+    ep = launch.start_endpoint(ws, "demo-tiny", quantize="4bit")
+    try:
+        assert ep.status == "ready"
+        info = httpx.get(f"{ep.url}/info", timeout=30).json()
+        assert info["quantize"] == "4bit" and info["device"].startswith("cuda"), info
+        reply = httpx.post(f"{ep.url}/generate", json={"inputs": "Hello", "parameters": {"max_new_tokens": 4}},
+                           timeout=60)
+        assert reply.status_code == 200 and "generated_text" in reply.json()
+    finally:
+        endpoints.stop_endpoint(ws, ep.id)
 
 
 def test_remote_endpoint_registration_checks_the_server(ws):

@@ -62,7 +62,7 @@ def test_merged_export_reloads_with_plain_transformers_and_answers_like_the_run(
     assert tokenizer.chat_template == run_tokenizer.chat_template
     reference = studio_model(demo_model_source, trained_run.adapter_dir)
     recorded = export.reference()["prompts"]
-    assert len(recorded) == 3
+    assert 1 <= len(recorded) == export.reference()["prompts_from"]["asked"]  # the run's verification set
     for item in recorded:
         assert greedy(merged, tokenizer, item["messages"]) == greedy(reference, run_tokenizer, item["messages"])
         assert item["tuned"]["finish"] == "eos" and item["tuned"]["text"] != item["base"]["text"]

@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 from conftest import FAQ_PAIRS
+from device import CUDA, expected_method
 
 from studio.training import runs, summary
 from studio.training.folder import RunFolder
@@ -32,12 +33,16 @@ def test_the_run_succeeded_and_its_loss_fell(trained_run):
 def test_events_carry_every_progress_field(trained_run):
     events = RunFolder(trained_run.run_dir).read_events()
     kinds = [e["type"] for e in events]
-    assert kinds[0] == "notice" and "start" in kinds and kinds[-1] == "end"  # CPU: the 32-bit notice first
+    assert "start" in kinds and kinds[-1] == "end"
+    # without CUDA the 32-bit notice comes first; with CUDA the run trains as asked and says nothing of it
+    notices = [e["message"] for e in events if e["type"] == "notice"]
+    assert (kinds[0] == "notice" and any("32-bit" in n for n in notices)) is (not CUDA)
     step = next(e for e in events if e["type"] == "step" and e["step"] == 10)
     for key in ("step", "max_steps", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_second",
                 "tokens_seen", "gpu_memory", "elapsed", "eta"):
         assert key in step, key
-    assert step["tokens_per_second"] > 0 and step["eta"] > 0 and step["gpu_memory"] is None  # CPU
+    assert step["tokens_per_second"] > 0 and step["eta"] > 0
+    assert step["gpu_memory"] > 0 if CUDA else step["gpu_memory"] is None  # peak allocated by torch, on CUDA
     assert [e["step"] for e in events if e["type"] == "checkpoint"] == list(range(20, STEPS + 1, 20))
     end = events[-1]
     assert end["status"] == "succeeded" and end["step"] == STEPS and end["adapter"].endswith("adapter")
@@ -51,7 +56,7 @@ def test_run_folder_holds_config_manifest_adapter(trained_run):
     assert manifest["dataset"]["id"] == trained_run.dataset_id and len(manifest["dataset"]["content_hash"]) == 64
     assert manifest["seed"] == 42 and manifest["libraries"]["trl"] and manifest["libraries"]["torch"]
     assert manifest["hardware"]["cpu_cores"] >= 1
-    assert manifest["method"]["asked"] == "qlora" and manifest["method"]["used"] == "lora-float32"
+    assert manifest["method"]["asked"] == "qlora" and manifest["method"]["used"] == expected_method("qlora")
     assert manifest["trainable_parameters"] > 0 and manifest["fit_check"]["peak_bytes"] > 0
     adapter = trained_run.adapter_dir
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja",

@@ -2,6 +2,7 @@
 
 import datasets
 import pytest
+from device import COMPUTE_DTYPE, CUDA
 
 from studio.training import recipe
 from studio.training.presets import build_config
@@ -12,11 +13,19 @@ def cfg():
     return build_config("demo-tiny", "ds-x", "quick-test")
 
 
-def test_cpu_gets_lora_in_32_bit_with_a_notice(cfg):
-    assert recipe.quantization_config(cfg) is None
-    assert "32-bit" in recipe.method_notice(cfg)
+def test_the_method_follows_the_device(cfg):
+    """QLoRA asked: NF4 4-bit with double quantization on CUDA, no notice; LoRA in 32-bit with a notice elsewhere."""
+    quant = recipe.quantization_config(cfg)
     args = recipe.sft_config(cfg, "/tmp/unused")
-    assert args.use_cpu and not args.bf16 and args.completion_only_loss is True
+    if CUDA:
+        assert quant.load_in_4bit and quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant
+        assert str(quant.bnb_4bit_compute_dtype) == f"torch.{COMPUTE_DTYPE}"
+        assert recipe.method_notice(cfg) is None
+        assert not args.use_cpu and args.bf16 is (COMPUTE_DTYPE == "bfloat16")
+    else:
+        assert quant is None and "32-bit" in recipe.method_notice(cfg)
+        assert args.use_cpu and not args.bf16
+    assert args.completion_only_loss is True
     assert args.max_length == cfg.max_length and args.max_steps == cfg.max_steps == 100
     assert args.learning_rate == cfg.learning_rate
     assert args.save_total_limit == cfg.keep_checkpoints and args.eval_steps == 20
@@ -70,4 +79,6 @@ def test_default_targets_are_the_projections(ws, cfg):
     model = recipe.load_base_model(cfg, resolve(ws, "demo-tiny").source)
     assert recipe.default_target_modules(model) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                    "up_proj", "down_proj"]
-    assert model.dtype.is_floating_point and str(model.dtype) == "torch.float32"
+    # float32 on the CPU; on CUDA the 4-bit model keeps its embeddings and norms in the compute dtype
+    assert str(model.dtype) == f"torch.{COMPUTE_DTYPE}"
+    assert bool(getattr(model, "is_loaded_in_4bit", False)) is CUDA

@@ -16,23 +16,30 @@ def register(verbs, common) -> None:
 
 
 def list_models(args, ws) -> Output:
+    """Each entry with `params` counted from its config (meta device) beside `params_b` as stated."""
     from studio.models.catalog import catalog
+    from studio.models.params import count_params
 
-    entries = [e.model_dump() for e in catalog()]
-    lines = [f"{'model':<40}{'size':>8}  {'context':>8}  {'gated':<6}license"]
+    entries = []
+    lines = [f"{'model':<40}{'stated':>9}{'counted':>10}  {'context':>8}  {'gated':<6}license"]
     for e in catalog():
-        size = f"{e.params_b:g}B"
-        lines.append(f"{e.id:<40}{size:>8}  {e.context:>8}  {'yes' if e.gated else 'no':<6}{e.license}")
+        counted = count_params(e.config).total
+        entries.append(e.model_dump() | {"params": counted})
+        lines.append(f"{e.id:<40}{f'{e.params_b:g}B':>9}{f'{counted / 1e9:.3g}B':>10}  {e.context:>8}  "
+                     f"{'yes' if e.gated else 'no':<6}{e.license}")
+    lines.append("stated: the model card's size; counted: built from its config on the meta device.")
     lines.append("Any hub id (org/model) or a local folder with a saved model works too.")
     return Output(entries, "\n".join(lines))
 
 
 def show_model(args, ws) -> Output:
+    from studio.models.params import count_params
     from studio.models.resolve import model_shape, resolve
 
     resolved = resolve(ws, args.name)
     shape = model_shape(ws, args.name) if resolved.local or resolved.entry else None
-    data = resolved.model_dump() | {"shape": shape.model_dump() if shape else None}
+    counted = count_params(shape.hf_config()).total if shape else None
+    data = resolved.model_dump() | {"shape": shape.model_dump() if shape else None, "params": counted}
     text = [f"{resolved.name}: {'local folder ' if resolved.local else 'hub id '}{resolved.source}"]
     if resolved.entry:
         e = resolved.entry
@@ -40,5 +47,6 @@ def show_model(args, ws) -> Output:
                     f"{', gated (needs HF_TOKEN)' if e.gated else ''}")
         text.append("LoRA targets: " + ", ".join(e.lora_targets))
     if shape:
-        text.append(f"shape: hidden {shape.hidden}, {shape.layers} layers, vocab {shape.vocab}")
+        text.append(f"shape: hidden {shape.hidden}, {shape.layers} layers, vocab {shape.vocab}; "
+                    f"{counted:,} parameters counted from its config")
     return Output(data, "\n".join(text))

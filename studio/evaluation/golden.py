@@ -110,3 +110,20 @@ def heldout_items(ws: Workspace, dataset_id: str, limit: int) -> list[GoldenItem
         last_user = messages[-2]["content"] if messages[-2]["role"] == "user" else ""
         items.append(GoldenItem(question=last_user, reference=messages[-1]["content"], context=messages[:-2]))
     return items
+
+
+def run_golden_set(ws: Workspace, run_id: str) -> tuple[dict[str, Any], list[GoldenItem]] | None:
+    """The golden set the run was last evaluated on (the set itself, as that evaluation stored it in its
+    folder's golden.csv) and where it came from; None when the run has no golden-set evaluation."""
+    with ws.db() as db:
+        rows = list(db["evaluations"].rows_where("run_id = ? and kind = 'golden'", [run_id],
+                                                 order_by="created_at desc, rowid desc", limit=1))
+    if not rows:
+        return None
+    stored = Path(rows[0]["path"]) / "golden.csv"
+    if not stored.is_file():
+        return None
+    items = read_golden(stored)
+    origin = {"kind": "golden", "evaluation": rows[0]["id"], "name": rows[0]["golden_set"],
+              "hash": rows[0].get("golden_hash") or golden_hash(items)}
+    return origin, items

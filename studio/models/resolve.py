@@ -1,5 +1,5 @@
 """Turning what the user picked (a catalog name, a hub id or a local folder) into something
-`from_pretrained` can open, the shape numbers of a model outside the catalog (from its config.json), and
+`from_pretrained` can open, the shape of a model outside the catalog (from its config.json), and
 load failures explained.
 
 `demo-tiny` is built into the workspace on first use (see studio/models/demo.py) and then
@@ -9,6 +9,7 @@ loaded through exactly the same AutoTokenizer / AutoModelForCausalLM path as a h
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,6 +47,7 @@ def resolve(ws: Workspace, name: str) -> ResolvedModel:
         )
     path = Path(name).expanduser()
     if path.is_dir():
+        _check_model_root(ws, path)
         if not (path / "config.json").exists():
             raise ModelUnavailable(
                 f"The folder {path} has no config.json, so it is not a saved model.",
@@ -60,29 +62,45 @@ def resolve(ws: Workspace, name: str) -> ResolvedModel:
     return ResolvedModel(name=name, source=name, local=False, entry=catalog_entry(name))
 
 
+def model_roots(ws: Workspace) -> list[Path]:
+    """Where non-admins may load a model folder from: the workspace's models, runs and exports, and the
+    folders in STUDIO_MODEL_ROOTS (separated by the OS path separator)."""
+    extra = [Path(p).expanduser() for p in os.environ.get("STUDIO_MODEL_ROOTS", "").split(os.pathsep) if p.strip()]
+    return [ws.models_dir, ws.runs_dir, ws.exports_dir, *extra]
+
+
+def _check_model_root(ws: Workspace, path: Path) -> None:
+    from studio.core import access
+
+    actor = access.current()
+    if actor.may("model.any_folder"):
+        return
+    real = path.resolve()
+    if not any(real.is_relative_to(root.resolve()) for root in model_roots(ws)):
+        raise access.Forbidden(
+            f"{actor.name} ({actor.role}) may load a model folder only from the studio's model folders, and {path} "
+            "is not in one.",
+            f"Copy the model into {ws.models_dir}, or ask an admin to add its folder to STUDIO_MODEL_ROOTS.",
+        )
+
+
 def model_shape(ws: Workspace, name: str) -> Shape | None:
-    """The architecture numbers the fit check needs: from the catalog, else from a local config.json."""
+    """The architecture the fit check counts: the catalog's config, else a local folder's config.json."""
     entry = catalog_entry(name)
     if entry is not None and name != DEMO_MODEL:
         return entry.shape
     resolved = resolve(ws, name)
     if not resolved.local:
         return None
-    cfg = json.loads((Path(resolved.source) / "config.json").read_text())
-    heads = cfg.get("num_attention_heads", 1)
-    return Shape(
-        hidden=cfg["hidden_size"],
-        layers=cfg["num_hidden_layers"],
-        intermediate=cfg.get("intermediate_size", 4 * cfg["hidden_size"]),
-        heads=heads,
-        kv_heads=cfg.get("num_key_value_heads", heads),
-        vocab=cfg["vocab_size"],
-    )
+    return Shape.from_config(json.loads((Path(resolved.source) / "config.json").read_text()))
 
 
 def load_tokenizer(ws: Workspace, name: str):
     """The base model's tokenizer, with its chat template. Hub ids need a network (or the cache)."""
-    from transformers import AutoTokenizer
+    from studio.core.imports import heavy_imports
+
+    with heavy_imports():
+        from transformers import AutoTokenizer
 
     resolved = resolve(ws, name)
     try:

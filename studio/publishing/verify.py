@@ -9,10 +9,8 @@ here only HTTP happens, through huggingface_hub.InferenceClient like every other
 
 from __future__ import annotations
 
-import csv
 import difflib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from studio.core.db import now
@@ -59,14 +57,27 @@ class Served:
     adapter_id: str | None = None  # TGI /generate adapter_id; None for a merged model
     api_key: str | None = None
     max_total_tokens: int | None = None
+    token_ids: bool = False  # the server returns its reply's token ids (vLLM: return_token_ids)
 
 
-def verification_prompts(ws: Workspace, source: RunSource, n: int = 3) -> tuple[list[list[dict]], list[str]]:
-    """The run's golden questions if it was evaluated on a golden set, else a few validation rows."""
-    golden = _golden_questions(ws, source.run_id, n)
-    if golden:
-        prompts = [[{"role": "user", "content": q}] for q, _ in golden]
-        return prompts, [a for _, a in golden]
+GOLDEN_PROMPTS = 8  # the expert's own questions: up to this many are asked (validation rows: 3)
+
+
+def verification_set(ws: Workspace, source: RunSource, n: int = 3) -> tuple[list[list[dict]], list[str], dict]:
+    """(prompts, expected answers, where they come from). The golden set the run was last evaluated on,
+    asked with the dataset's system prompt as the evaluation asked it; without one, a few validation rows."""
+    from studio.evaluation.golden import run_golden_set
+
+    found = run_golden_set(ws, source.run_id)
+    if found:
+        origin, items = found
+        system = _system_prompt(ws, source.dataset_id)
+        context = [{"role": "system", "content": system}] if system else []
+        chosen = items[:GOLDEN_PROMPTS]
+        prompts = [[*(i.context or context), {"role": "user", "content": i.question}] for i in chosen]
+        origin = {**origin, "system_prompt": system, "asked": len(chosen), "of": len(items),
+                  "items": [{"question": i.question, "reference": i.reference} for i in chosen]}
+        return prompts, [i.reference for i in chosen], origin
     from studio.data.store import load_split
 
     prompts, expected = [], []
@@ -80,26 +91,23 @@ def verification_prompts(ws: Workspace, source: RunSource, n: int = 3) -> tuple[
                 expected.append(messages[-1]["content"])
             if len(prompts) >= n:
                 break
+    return prompts, expected, {"kind": "validation", "dataset": source.dataset_id, "asked": len(prompts)}
+
+
+def verification_prompts(ws: Workspace, source: RunSource, n: int = 3) -> tuple[list[list[dict]], list[str]]:
+    """The prompts and expected answers of verification_set, without where they come from."""
+    prompts, expected, _ = verification_set(ws, source, n)
     return prompts, expected
 
 
-def _golden_questions(ws: Workspace, run_id: str, n: int) -> list[tuple[str, str]]:
-    with ws.db() as db:
-        rows = list(db["evaluations"].rows_where("run_id = ? and golden_set is not null", [run_id],
-                                                 order_by="created_at desc", limit=1))
-    if not rows or not Path(rows[0]["golden_set"]).is_file():
-        return []
-    with open(rows[0]["golden_set"], newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        out = []
-        for row in reader:
-            question = row.get("question") or row.get("prompt") or ""
-            answer = row.get("answer") or row.get("reference") or row.get("reference_answer") or ""
-            if question.strip():
-                out.append((question.strip(), answer.strip()))
-            if len(out) >= n:
-                break
-    return out
+def _system_prompt(ws: Workspace, dataset_id: str | None) -> str:
+    from studio.core.errors import NotFound
+    from studio.data.store import get_version
+
+    try:
+        return (get_version(ws, dataset_id).system_prompt or "") if dataset_id else ""
+    except NotFound:
+        return ""
 
 
 def word_diff(studio: str, endpoint: str) -> str:
@@ -142,11 +150,20 @@ def _client(served: Served, timeout: float):
 
 def ask_chat(served: Served, messages: list[dict], max_tokens: int, timeout: float = 120) -> tuple[str, str]:
     """Greedy reply through /v1/chat/completions: (text, finish_reason)."""
+    text, finish, _ = ask_chat_ids(served, messages, max_tokens, timeout)
+    return text, finish
+
+
+def ask_chat_ids(served: Served, messages: list[dict], max_tokens: int,
+                 timeout: float = 120) -> tuple[str, str, list[int] | None]:
+    """(text, finish_reason, the reply's token ids when the server returns them, else None)."""
+    extra = {"extra_body": {"return_token_ids": True}} if served.token_ids else {}
     out = _client(served, timeout).chat_completion(
-        messages, model=served.model, max_tokens=max_tokens, temperature=0, seed=0
+        messages, model=served.model, max_tokens=max_tokens, temperature=0, seed=0, **extra
     )
     choice = out.choices[0]
-    return choice.message.content or "", str(choice.finish_reason or "")
+    ids = choice.get("token_ids") if served.token_ids else None
+    return choice.message.content or "", str(choice.finish_reason or ""), ids
 
 
 def ask_raw(served: Served, prompt: str, max_tokens: int, timeout: float = 120) -> tuple[str, str] | None:
@@ -177,11 +194,18 @@ def ask_raw(served: Served, prompt: str, max_tokens: int, timeout: float = 120) 
     return choice.get("text", ""), str(choice.get("finish_reason") or "")
 
 
+def _same_ids(studio: list[int], endpoint: list[int], eos: list[int]) -> bool:
+    """Equal token ids; a trailing end-of-sequence id one side reports and the other not is no difference."""
+    def strip(ids: list[int]) -> list[int]:
+        return ids[:-1] if ids and ids[-1] in eos else ids
+    return studio == endpoint or strip(list(studio)) == strip(list(endpoint))
+
+
 def _ended(finish: str) -> bool:
     return finish not in ("length", "")
 
 
-def check_item(served: Served, ref: dict, budget: int) -> dict[str, Any]:
+def check_item(served: Served, ref: dict, budget: int, eos: list[int] | None = None) -> dict[str, Any]:
     """One prompt: ask the endpoint, compare with the studio's reply, find the cause of a difference."""
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -191,7 +215,7 @@ def check_item(served: Served, ref: dict, budget: int) -> dict[str, Any]:
                             "base": base["text"], "endpoint": "", "endpoint_finish": "", "match": False,
                             "cause": None, "diff": ""}
     try:
-        text, finish = ask_chat(served, ref["messages"], budget)
+        text, finish, ids = ask_chat_ids(served, ref["messages"], budget)
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         detail = (getattr(exc, "server_message", None) or str(exc).splitlines()[0])[:300]
@@ -203,6 +227,9 @@ def check_item(served: Served, ref: dict, budget: int) -> dict[str, Any]:
         return item
     item.update(endpoint=text, endpoint_finish=finish)
     same = _norm(text) == _norm(tuned["text"])
+    if ids is not None and tuned.get("ids") is not None:  # token ids: exact (text may hold back a byte)
+        item["token_ids"] = {"studio": tuned["ids"], "endpoint": ids}
+        same = _same_ids(tuned["ids"], ids, eos=eos or [])
     if same and (_ended(finish) or tuned["finish"] == "length"):
         item["match"] = True
         if tuned["finish"] == "length":
@@ -239,10 +266,12 @@ def check_item(served: Served, ref: dict, budget: int) -> dict[str, Any]:
     return item
 
 
-def verify(served: Served, reference: dict[str, Any]) -> dict[str, Any]:
-    """Run every reference prompt through the endpoint; the verdict, its causes and each item."""
+def verify(served: Served, reference: dict[str, Any], tokenizer_dir: str | None = None) -> dict[str, Any]:
+    """Run every reference prompt through the endpoint; the verdict, its causes and each item, and the drift
+    from the replies chatted with (publishing/drift.py: the pass rule per precision). tokenizer_dir: the
+    export's tokenizer, to count the drift in tokens when the server returns text only."""
     budget = int(reference.get("max_new_tokens") or 128)
-    items = [check_item(served, ref, budget) for ref in reference.get("prompts", [])]
+    items = [check_item(served, ref, budget, reference.get("eos_ids")) for ref in reference.get("prompts", [])]
     causes = sorted({i["cause"] for i in items if i["cause"]}, key=lambda c: list(CAUSE_TEXT).index(c))
     failing = [c for c in causes if c in FAILING_CAUSES]
     matched = sum(1 for i in items if i["match"])
@@ -261,9 +290,12 @@ def verify(served: Served, reference: dict[str, Any]) -> dict[str, Any]:
     else:
         verdict = "passed"
         summary = f"All {len(items)} replies match the studio model's and end normally."
-    return {"verdict": verdict, "healthy": verdict != "failed", "summary": summary, "causes": causes,
-            "matched": matched, "total": len(items), "max_new_tokens": budget, "url": served.url,
-            "model": served.model, "checked_at": now(), "items": items}
+    result = {"verdict": verdict, "healthy": verdict != "failed", "summary": summary, "causes": causes,
+              "matched": matched, "total": len(items), "max_new_tokens": budget, "url": served.url,
+              "model": served.model, "checked_at": now(), "items": items}
+    from studio.publishing.drift import attach_drift
+
+    return attach_drift(result, reference, tokenizer_dir)
 
 
 def format_verification(result: dict[str, Any]) -> str:

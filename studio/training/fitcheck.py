@@ -1,7 +1,8 @@
 """The fit check: before a run starts, estimate its peak memory and its time, compare with the chosen
 device's free memory, and when it does not fit, name the change that does.
 
-Pure arithmetic on the model's shape (studio.models.catalog.Shape), the TrainConfig and a few dataset numbers.
+Arithmetic on the model's parameters (counted from its config on the meta device: studio.models.params), its
+shape (studio.models.catalog.Shape), the TrainConfig and a few dataset numbers.
 Every constant the estimate uses is in the block below, with where it comes from; bench/gpu_check.sh
 measures real peaks next to these estimates, and bench/RESULTS.md records the error.
 """
@@ -64,7 +65,8 @@ ALLOCATOR_OVERHEAD = 0.08
 # Only plan to use this share of the free memory: other processes (a desktop, a notebook) move.
 SAFETY_MARGIN = 0.95
 # Time: training FLOPs per token = 2P (forward) + 2P (backward to the activations; frozen weights get
-# no gradient) + 2P more when checkpointing recomputes the forward. Achieved share of the GPU's peak
+# no gradient) + 2P more when checkpointing recomputes the forward; P = the parameters each token uses
+# (all of a dense model; a mixture of experts' routed experts only). Achieved share of the GPU's peak
 # bf16 FLOP/s (model FLOPs utilisation): QLoRA dequantizes every weight each step, so it runs lower.
 FLOPS_PER_TOKEN_PER_PARAM = 4
 RECOMPUTE_FLOPS_PER_TOKEN_PER_PARAM = 2
@@ -148,30 +150,26 @@ def duration(seconds: float) -> str:
     return f"about {seconds / 3600:.1f} h"
 
 
-def _count(shape: Shape, targets: list[str]) -> tuple[int, int, int, int]:
-    """(linear params in the blocks, other params, adapter params, largest weight matrix)."""
-    head_dim = shape.hidden // shape.heads
-    kv = shape.kv_heads * head_dim
-    h, i = shape.hidden, shape.intermediate
-    # (in, out) of each projection of one block, by its usual name
-    layers = {
-        "q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-        "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h),
-    }  # fmt: skip
-    layers["qkv_proj"] = (h, h + 2 * kv)  # Phi's fused names
-    layers["gate_up_proj"] = (h, 2 * i)
-    standard = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    linear = shape.layers * sum(a * b for name, (a, b) in layers.items() if name in standard)
-    other = 2 * shape.vocab * h + shape.layers * 2 * h + h  # embeddings, LM head, norms
-    chosen = [t for t in targets if t in layers] or list(standard)
-    per_rank = sum(layers[t][0] + layers[t][1] for t in chosen)
-    largest = max(a * b for a, b in layers.values())
-    return linear, other, per_rank * shape.layers, largest
+def _count(shape: Shape, targets: list[str]) -> tuple[int, int, int, int, int]:
+    """(weight matrices of the blocks, other params, adapter params per rank, largest weight matrix,
+    params used per token), counted from the model's config on the meta device (studio.models.params)."""
+    from studio.models.params import count_params
+
+    counted = count_params(shape.hf_config())
+    return counted.matrices, counted.other, counted.adapter_per_rank(targets), counted.largest, counted.active
+
+
+# Preference methods (issue 17): DPO and ORPO put each row's chosen and rejected answers in one batch, KTO each
+# completion and a mismatched one for its KL term: 2 sequences per row. DPO and KTO also run the reference
+# (the adapter disabled) forward without gradients: its activations are freed layer by layer (about one
+# layer's worth at a time) and it adds a forward pass: 2P FLOPs per token next to LoRA training's 4P.
+SEQUENCES_PER_ROW = {"sft": 1, "dpo": 2, "orpo": 2, "kto": 2}
+REFERENCE_PASS = {"dpo": True, "kto": True}
 
 
 def _activations(shape: Shape, cfg: TrainConfig, seq_len: int, element_bytes: int) -> int:
-    tokens = cfg.micro_batch_size * seq_len
-    kv = shape.kv_heads * (shape.hidden // shape.heads)
+    tokens = cfg.micro_batch_size * seq_len * SEQUENCES_PER_ROW.get(cfg.objective, 1)
+    kv = shape.kv_dim
     per_layer = (
         ACT_ELEMS_PER_HIDDEN * shape.hidden + ACT_ELEMS_PER_KV * kv + ACT_ELEMS_PER_INTERMEDIATE * shape.intermediate
     )
@@ -180,6 +178,8 @@ def _activations(shape: Shape, cfg: TrainConfig, seq_len: int, element_bytes: in
         elems = shape.layers * CKPT_ELEMS_PER_HIDDEN * shape.hidden + CKPT_LIVE_LAYERS * (per_layer + lora)
     else:
         elems = shape.layers * (per_layer + lora)
+    if REFERENCE_PASS.get(cfg.objective):
+        elems += per_layer  # the reference forward, one layer live at a time
     return int(tokens * elems * element_bytes)
 
 
@@ -208,7 +208,7 @@ def estimate(
     on_gpu = gpu is not None
     precision = precision_of(cfg, on_gpu)
     element_bytes = 4 if precision == "32bit" else 2
-    linear, other, per_rank, largest = _count(shape, cfg.target_modules)
+    linear, other, per_rank, largest, active = _count(shape, cfg.target_modules)
     trainable = per_rank * cfg.lora_r
 
     if precision == "4bit":
@@ -241,10 +241,11 @@ def estimate(
     else:
         steps = 0
     seq_tokens = cfg.max_length if cfg.packing else per_row * PADDING_FACTOR
-    tokens = int(steps * batch * min(seq_tokens, cfg.max_length))
+    tokens = int(steps * batch * min(seq_tokens, cfg.max_length) * SEQUENCES_PER_ROW.get(cfg.objective, 1))
     params = linear + other
-    flops = tokens * params * (
+    flops = tokens * active * (
         FLOPS_PER_TOKEN_PER_PARAM + (RECOMPUTE_FLOPS_PER_TOKEN_PER_PARAM if cfg.gradient_checkpointing else 0)
+        + (2 if REFERENCE_PASS.get(cfg.objective) else 0)
     )
     if on_gpu:
         throughput = peak_tflops(gpu.get("name", "")) * 1e12 * MFU[precision]
@@ -366,9 +367,18 @@ def dataset_stats(ws: Workspace, dataset_id: str, base_model: str, sample: int =
     train = load_split(ws, dataset_id, "train")
     if len(train) > sample:
         train = train.shuffle(seed=0).select(range(sample))
-    lengths = [len(tokenizer.apply_chat_template(row["messages"], tokenize=True, return_dict=False)) for row in train]
+    lengths = [len(tokenizer.apply_chat_template(_longest_chat(row), tokenize=True, return_dict=False))
+               for row in train]
     return {
         "rows": version.rows_train,
         "mean_tokens": sum(lengths) / len(lengths) if lengths else 0,
         "max_tokens": max(lengths) if lengths else 0,
     }
+
+
+def _longest_chat(row: dict[str, Any]) -> list[dict]:
+    """An SFT row's chat; for preference/KTO rows the prompt with its longest answer (what memory must hold)."""
+    if "messages" in row:
+        return row["messages"]
+    answers = [row[k] for k in ("chosen", "rejected", "completion") if k in row]
+    return row["prompt"] + max(answers, key=lambda a: sum(len(m["content"]) for m in a))
