@@ -96,8 +96,8 @@ def run_import(args: argparse.Namespace, ws) -> Output:
     used = ", ".join(f"{role}={column!r}" for role, column in result.mapping.items())
     lines = [f"Columns: {used}" + ("" if mapping else " (guessed from the column names)")]
     lines.append(as_text(result.report))
-    if result.prepared.previews:
-        lines.append(preview_text(result.prepared.previews[0]))
+    for preview in result.prepared.previews[:1 if result.prepared.kind == "sft" else 2]:  # both answers of a pair
+        lines.append(preview_text(preview))
     version = result.version
     if version is None:
         lines.append("Dry run: nothing was saved.")

@@ -36,6 +36,19 @@ def register(verbs, common) -> None:
     cmp.add_argument("source")
     cmp.set_defaults(handler=run_compare)
 
+    vs = sub.add_parser("versus", parents=[common], help="did it help? a continued run against the run it started from",
+                        description="Both runs answer every golden question (greedy, one endpoint serving both "
+                                    "adapters); their scores are shown side by side. Vote blind between their answers "
+                                    "with `studio eval ab EVAL_ID`; `studio eval versus --show EVAL_ID` gives the win "
+                                    "rate.")
+    vs.add_argument("run_id", nargs="?", default=None, metavar="RUN", help="the new run (e.g. the DPO run)")
+    vs.add_argument("--against", default=None, metavar="RUN",
+                    help="the run to compare with (default: the run RUN was continued from, --from)")
+    vs.add_argument("--golden", default=None, metavar="FILE", help="CSV with question and reference_answer columns")
+    vs.add_argument("--max-new-tokens", type=int, default=128)
+    vs.add_argument("--show", default=None, metavar="EVAL_ID", help="show an earlier comparison and its win rate")
+    vs.set_defaults(handler=run_versus)
+
     ab = sub.add_parser("ab", parents=[common], help="blind A/B vote between base and tuned answers")
     ab.add_argument("eval_id")
     ab.add_argument("--vote", nargs=2, metavar=("PAIR", "CHOICE"), default=None,
@@ -83,14 +96,17 @@ def run_list(args, ws) -> Output:
 
 def run_show(args, ws) -> Output:
     from studio.evaluation.runner import get_evaluation
+    from studio.evaluation.versus import KIND, versus_text
 
     ev = get_evaluation(ws, args.eval_id)
     items = ev.results()
-    lines = [f"{ev.id}: run {ev.run_id} on {ev.golden_set}", _scores(ev.summary), ""]
+    versus = ev.kind == KIND  # run against run: "base" is the older run, "tuned" the new one
+    lines = [versus_text(ev) if versus else f"{ev.id}: run {ev.run_id} on {ev.golden_set}\n" + _scores(ev.summary), ""]
+    labels = {"base": "old", "tuned": "new"} if versus else {"base": "base", "tuned": "tuned"}
     for n, item in enumerate(items, 1):
         lines += [f"{n}. {item['question']}", f"   reference: {item['reference']}"]
         for which in ("base", "tuned"):
-            lines.append(f"   {which:<5} (F1 {item[which]['token_f1']:.2f}): {item[which]['answer']}")
+            lines.append(f"   {labels[which]:<5} (F1 {item[which]['token_f1']:.2f}): {item[which]['answer']}")
     return Output({**ev.model_dump(), "items": items}, "\n".join(lines))
 
 
@@ -106,6 +122,33 @@ def run_compare(args, ws) -> Output:
     return Output(rows, text or f"No evaluations on golden set {digest} yet.")
 
 
+def run_versus(args, ws) -> Output:
+    from studio.core.errors import InvalidInput
+    from studio.evaluation.golden import read_golden
+    from studio.evaluation.versus import evaluate_versus, get_versus, versus_text, win_rate
+
+    if args.show:
+        ev = get_versus(ws, args.show)
+    else:
+        if not args.run_id or not args.golden:
+            raise InvalidInput("Give the new run and a golden set.",
+                               "studio eval versus RUN --golden FILE [--against RUN], or --show EVAL_ID.")
+        ev = evaluate_versus(ws, args.run_id, read_golden(args.golden), against=args.against,
+                             golden_name=Path(args.golden).name, max_new_tokens=args.max_new_tokens)
+    return Output({**ev.model_dump(), "win_rate": win_rate(ev.summary)}, versus_text(ev))
+
+
+def _tally_text(ws, eval_id: str, tally: dict) -> str:
+    from studio.evaluation.runner import get_evaluation
+    from studio.evaluation.versus import KIND, win_rate
+
+    ev = get_evaluation(ws, eval_id)
+    if ev.kind == KIND:
+        return f"votes: {win_rate({**ev.summary, 'ab': tally})['text']}"
+    return f"votes: tuned {tally['tuned']}, base {tally['base']}, tie {tally['tie']} " \
+           f"({tally['voted']} of {tally['total']} pairs)"
+
+
 def run_ab(args, ws) -> Output:
     from studio.core.errors import InvalidInput
     from studio.evaluation.ab import ab_pairs, ab_tally, ab_vote
@@ -116,7 +159,7 @@ def run_ab(args, ws) -> Output:
         except ValueError as exc:
             raise InvalidInput(f"'{args.vote[0]}' is not a pair number.", "Give the pair's number, from 1.") from exc
         tally = ab_vote(ws, args.eval_id, pair, args.vote[1].lower())
-        return Output(tally, f"votes so far: tuned {tally['tuned']}, base {tally['base']}, tie {tally['tie']}")
+        return Output(tally, _tally_text(ws, args.eval_id, tally))
     pairs = ab_pairs(ws, args.eval_id)
     for n, pair in enumerate(pairs):
         if pair["vote"] is not None:
@@ -124,10 +167,12 @@ def run_ab(args, ws) -> Output:
         print(f"\n[{n + 1}/{len(pairs)}] {pair['question']}\n  A: {pair['a']}\n  B: {pair['b']}")
         choice = ""
         while choice not in ("a", "b", "tie", "q"):
-            choice = input("better answer? [a/b/tie, q to stop] ").strip().lower()
+            try:
+                choice = input("better answer? [a/b/tie, q to stop] ").strip().lower()
+            except EOFError:  # no one at the keyboard (a script): stop asking, keep the votes given
+                choice = "q"
         if choice == "q":
             break
         ab_vote(ws, args.eval_id, n, choice)
     tally = ab_tally(ab_pairs(ws, args.eval_id))
-    return Output(tally, f"votes: tuned {tally['tuned']}, base {tally['base']}, tie {tally['tie']} "
-                         f"({tally['voted']} of {tally['total']} pairs)")
+    return Output(tally, _tally_text(ws, args.eval_id, tally))

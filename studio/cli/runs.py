@@ -4,7 +4,6 @@ to run the queue on a machine without the web studio. The same core calls as the
 
 from __future__ import annotations
 
-import sys
 import time
 
 from studio.cli import Output
@@ -83,6 +82,7 @@ def run_list(args, ws) -> Output:
 
 def describe(ws, run_id: str, log_lines: int = 10) -> tuple[dict, str]:
     from studio.training import runs, scheduler, summary
+    from studio.training.lineage import lineage_text
 
     scheduler.reconcile(ws)
     run = runs.get_run(ws, run_id)
@@ -96,6 +96,7 @@ def describe(ws, run_id: str, log_lines: int = 10) -> tuple[dict, str]:
         status += " (cancel requested: it stops after the current step)"
     lines = [f"{run.id}  {run.name}", f"status    {status}"]
     lines.append(f"model     {run.base_model}    data {run.dataset_id}    preset {run.preset or '-'}")
+    lines.append(f"method    {run.config.get('objective', 'sft').upper()} · {lineage_text(data['manifest'], ws)}")
     if progress["last"]:
         lines.append("progress  " + summary.step_line(progress["last"]))
     if progress["evals"]:
@@ -174,8 +175,9 @@ def run_show(args, ws) -> Output | None:
     try:
         follow(ws, args.id, out=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
-        print("stopped following (the run goes on)", file=sys.stderr)
-        return None
+        from studio.training import runs
+
+        return Output(_row(runs.get_run(ws, args.id)), "stopped following (the run goes on)")
     return _ended(ws, args.id)
 
 
@@ -218,9 +220,15 @@ def run_rerun(args, ws) -> Output | None:
 
 def run_rm(args, ws) -> Output:
     from studio.training import runs
+    from studio.training.lineage import children_of
 
+    children = children_of(ws, args.id)
     runs.delete(ws, args.id)
-    return Output({"deleted": args.id}, f"Deleted run {args.id} and its files.")
+    text = f"Deleted run {args.id} and its files."
+    if children:  # allowed: each continued run keeps its own copy of the adapter it started from
+        text += (f" {', '.join(children)} continued from it and keep{'s' if len(children) == 1 else ''} the adapter "
+                 "it started from; the lineage shows the run as deleted.")
+    return Output({"deleted": args.id, "continued_by": children}, text)
 
 
 def run_worker(args, ws) -> Output | None:
@@ -241,5 +249,5 @@ def run_worker(args, ws) -> Output | None:
     try:
         scheduler.worker(ws, poll=args.poll, on_tick=report)
     except KeyboardInterrupt:
-        print("worker stopped", file=sys.stderr)
-    return None
+        pass
+    return Output({"stopped": True, "started": sorted(seen)}, "worker stopped")

@@ -13,10 +13,17 @@ def register(verbs, common) -> None:
                     "progress; the exit status is non-zero if it failed.",
     )
     p.add_argument("--data", required=True, metavar="ID", help="the dataset version (ds-..., see `studio data list`)")
-    p.add_argument("--model", required=True, metavar="M",
-                   help="base model: a catalog name (`studio models list`), a hub id org/model, or a local folder")
-    p.add_argument("--preset", default="balanced", metavar="P",
-                   help="quick-test, balanced (default), quality, low-memory, long-context")
+    p.add_argument("--model", default=None, metavar="M",
+                   help="base model: a catalog name (`studio models list`), a hub id org/model, or a local folder "
+                        "(with --from: the earlier run's model)")
+    p.add_argument("--method", choices=["sft", "dpo", "orpo", "kto"], default=None,
+                   help="what to learn from: sft (question/answer rows, the default), dpo or orpo (chosen/rejected "
+                        "pairs), kto (answers marked good or bad); the same as --set objective=...")
+    p.add_argument("--from", dest="from_run", default=None, metavar="RUN",
+                   help="continue from an earlier run's adapter (e.g. SFT first, then DPO from it)")
+    p.add_argument("--preset", default=None, metavar="P",
+                   help="quick-test, balanced (default), quality, low-memory, long-context; dpo, orpo, kto "
+                        "(the default with that --method)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="change one setting of the preset, e.g. --set lora_r=8 (repeat for more)")
     p.add_argument("--name", default=None, help="a name for the run")
@@ -28,19 +35,29 @@ def register(verbs, common) -> None:
 
 def run(args, ws) -> Output | None:
     from studio.cli.runs import _ended, follow
+    from studio.core.errors import InvalidInput
     from studio.training import submit
     from studio.training.presets import build_config, parse_overrides
+    from studio.training.runs import get_run
 
     overrides = parse_overrides(args.overrides)
-    cfg = build_config(args.model, args.data, args.preset, overrides)
+    if args.method:
+        overrides["objective"] = args.method
+    model = args.model or (get_run(ws, args.from_run).base_model if args.from_run else None)
+    if not model:
+        raise InvalidInput("No base model was given.", "Add --model M (see `studio models list`), or --from RUN.")
+    args.preset = args.preset or (args.method if args.method in ("dpo", "orpo", "kto") else "balanced")
+    cfg = build_config(model, args.data, args.preset, overrides)
     planned = submit.plan(ws, cfg)
     if args.dry_run:
         settings = "\n".join(f"  {k}: {v}" for k, v in cfg.model_dump(mode="json").items())
         return Output({"config": cfg.model_dump(mode="json"), "fit_check": planned.estimate},
                       f"Settings:\n{settings}\n{planned.summary}")
     run = submit.submit(ws, cfg, preset=args.preset, overrides=overrides, name=args.name, force=args.force,
-                      estimate=planned.estimate)
-    head = f"Run {run.id} queued ({args.preset} preset, {cfg.base_model} on {cfg.dataset_id}).\n{planned.summary}"
+                        estimate=planned.estimate, from_run=args.from_run)
+    start = f", from {args.from_run}" if args.from_run else ""
+    head = (f"Run {run.id} queued ({cfg.objective.upper()}, {args.preset} preset, {cfg.base_model} on "
+            f"{cfg.dataset_id}{start}).\n{planned.summary}")
     if not args.wait:
         return Output({"run": run.id, "fit_check": planned.estimate},
                       head + f"\nFollow it: studio runs show {run.id} --follow "

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from studio.core.errors import InvalidInput
+from studio.data import preference
 from studio.data.ingest import read_table, release_memory
 from studio.data.mapping import MappingGuess, build_conversations, check_mapping, guess_mapping
 from studio.data.split import Outcome, content_hash, rejected_frame, seeded_split, uploaded_split
@@ -59,6 +60,7 @@ class Prepared:
     content_hash: str
     fields: dict[str, Any] = field(default_factory=dict)  # the registry columns of the version
     template_text: str = ""
+    kind: str = "sft"  # sft: train/val are chats; preference/kto: lists of rows (studio.data.kinds)
 
     @property
     def usable(self) -> bool:
@@ -85,7 +87,7 @@ class ImportResult:
 def inspect_file(path: str | Path, *, sheet: str | None = None, header: bool | None = None,
                  max_bytes: int | None = None, name: str | None = None) -> Inspection:
     table = read_table(path, sheet=sheet, header=header, max_bytes=max_bytes, name=name)
-    return Inspection(table, guess_mapping(table))
+    return Inspection(table, preference.guess(table) or guess_mapping(table))
 
 
 def default_max_length(ws: Workspace, base_model: str, tokenizer) -> int:
@@ -121,6 +123,16 @@ def prepare(
     from studio.data.checks import check_conversations
     from studio.data.render import preview_tokens
 
+    if preference.kind_of_mapping(mapping or {}) != "sft":
+        if val_table is not None:
+            raise InvalidInput("A separate validation file is not read for preference data.",
+                               "Leave it out: the validation rows are drawn from the file (set their share).")
+        tokenizer, template, max_length = _tokenizer(ws, base_model, template, max_length)
+        return Prepared(**preference.prepare(
+            table, {r: c for r, c in mapping.items() if c}, tokenizer, template=template, max_length=max_length,
+            base_model=base_model, model_context=_model_context(base_model, tokenizer), seed=seed,
+            preview_rows=preview_rows, system_prompt=system_prompt, length_policy=length_policy,
+            val_fraction=val_fraction, val_size=val_size, name=name))
     mapping = check_mapping(table, mapping)
     if length_policy not in ("drop", "truncate"):
         raise InvalidInput(f"'{length_policy}' is not a policy for long rows.", "Use drop or truncate.")
@@ -156,8 +168,8 @@ def prepare(
         "mapping": mapping, "system_prompt": (system_prompt or "").strip(),
         "base_model": base_model, "template": template, "max_length": max_length,
         "length_policy": length_policy, "seed": seed,
-        "rows_in": len(table.frame) + (len(val_table.frame) if val_table is not None else 0),
-        "rows_train": len(split.train), "rows_val": len(split.val), "rows_rejected": len(outcome.rejected),
+        "rows_in": sum(len(t.frame) + len(t.unreadable) for t in (table, val_table) if t is not None),
+        "rows_train": len(split.train), "rows_val": len(split.val), "rows_rejected": outcome.rejected_count(),
         "model_context": _model_context(base_model, tokenizer),
         **outcome.report(split, max_length, table.row_label),
     }
@@ -174,7 +186,7 @@ def prepare(
     fields = {
         "source_name": table.name, "source_format": table.format, "base_model": base_model, "template": template,
         "mapping": mapping, "system_prompt": (system_prompt or "").strip(), "max_length": max_length,
-        "rows_rejected": len(outcome.rejected), "report": report,
+        "rows_rejected": outcome.rejected_count(), "report": report,
     }
     return Prepared(
         name=(name or Path(table.name).stem).strip() or "dataset",
@@ -226,10 +238,15 @@ def save(ws: Workspace, prepared: Prepared, name: str | None = None) -> tuple[Da
         extra["histogram.png"] = _figure_png(prepared.report)
     except Exception:  # a missing font or backend must not stop the save: the data is what matters
         pass
+    if prepared.kind == "sft":
+        train = datasets.Dataset(pa.table({"messages": prepared.train}))
+        val = datasets.Dataset(pa.table({"messages": prepared.val}))
+    else:
+        train = datasets.Dataset.from_list(prepared.train)
+        val = datasets.Dataset.from_list(prepared.val) if prepared.val else train.select([])
     return store.save_version(
         ws, content_hash=prepared.content_hash, name=(name or prepared.name).strip() or prepared.name,
-        train=datasets.Dataset(pa.table({"messages": prepared.train})),
-        val=datasets.Dataset(pa.table({"messages": prepared.val})),
+        train=train, val=val,
         rejected_csv=prepared.rejected_csv() if len(prepared.rejected) else None,
         extra_files=extra, **prepared.fields,
     )
@@ -325,5 +342,9 @@ def preview_version(ws: Workspace, dataset_id: str, rows: int = PREVIEW_ROWS) ->
     version = get_version(ws, dataset_id)
     tokenizer = apply_template(load_tokenizer(ws, version.base_model or DEFAULT_BASE_MODEL), version.template)
     split = load_split(ws, dataset_id, "train")
+    if version.kind != "sft":
+        return [{"row": i + 1, "row_label": f"{which} answer, training row",
+                 **preview_tokens(tokenizer, split[i]["prompt"] + answer)}
+                for i in range(min(rows, len(split))) for which, answer in preference.answers_of(split[i])]
     return [{"row": i + 1, "row_label": "training row", **preview_tokens(tokenizer, split[i]["messages"])}
             for i in range(min(rows, len(split)))]

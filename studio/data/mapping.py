@@ -22,8 +22,11 @@ if TYPE_CHECKING:
 
     from studio.data.table import SourceTable
 
-ROLES = ("instruction", "input", "output", "system", "messages")
+ROLES = ("instruction", "input", "output", "system", "messages", "chosen", "rejected", "label")
 ROLE_HELP = {
+    "chosen": "preference data: the better answer (DPO/ORPO); map rejected too",
+    "rejected": "preference data: the worse answer to the same prompt",
+    "label": "KTO data: good/bad (true/false, 1/0, 👍/👎) for the answer in output",
     "instruction": "the question or instruction (what the user asks)",
     "input": "optional context added after the question (a document, a case note)",
     "output": "the answer the model should learn to give",

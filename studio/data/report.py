@@ -14,6 +14,8 @@ HISTOGRAM_BINS = 24
 
 # check name -> (what it means, what to do), in the order the report lists them
 CHECKS: dict[str, tuple[str, str]] = {
+    "unreadable row": ("rows with more or fewer cells than the header (a delimiter inside an unquoted cell?)",
+                       "put quotes around cells that contain the delimiter, or save the sheet again from Excel"),
     "not a usable chat": ("rows whose messages cell is not a valid chat", "fix the chat in the cell"),
     "empty question": ("rows with no question/instruction", "fill in the question or delete the row"),
     "empty answer": ("rows with no answer", "fill in the answer or delete the row"),
@@ -24,6 +26,9 @@ CHECKS: dict[str, tuple[str, str]] = {
     "leaked into validation": ("validation rows whose question is also in the training rows",
                                "remove them from the validation file"),
     "very short answers": ("answers of fewer than 3 tokens of their own", "check that they are complete"),
+    "chosen same as rejected": ("preference rows whose two answers are the same (nothing to prefer)",
+                                "write a different rejected answer or delete the row"),
+    "label not good or bad": ("KTO rows whose label is not good/bad", "use true/false, 1/0, good/bad or 👍/👎"),
     "same question, different answers": ("questions that appear with more than one answer",
                                           "keep the answer you want the model to give"),
 }

@@ -85,6 +85,14 @@ class Outcome:
         self.rejected.append((source, index, reason))
         self.reasons.setdefault(check, []).append((source, index))
 
+    def unreadable(self) -> list[tuple[str, int, str, str]]:
+        """Rows the readers set aside (a ragged CSV row): (file, row number, reason, the row's text)."""
+        return [(src, n, reason, text) for src, table in self.tables.items() if table is not None
+                for n, reason, text in table.unreadable]
+
+    def rejected_count(self) -> int:
+        return len(self.rejected) + len(self.unreadable())
+
     def numbers(self, items: list[tuple[str, int]]) -> list[int]:
         return [int(self.tables[src].rows[i]) for src, i in items]
 
@@ -92,6 +100,8 @@ class Outcome:
         from studio.data.report import check_entry, histogram, token_stats
 
         checks = [check_entry(k, "rejected", self.numbers(v), label) for k, v in self.reasons.items() if v]
+        if self.unreadable():
+            checks.insert(0, check_entry("unreadable row", "rejected", [n for _, n, _, _ in self.unreadable()], label))
         if self.truncated:
             checks.append(check_entry("too long", "truncated", self.numbers(self.truncated), label))
         if split.leaks:
@@ -108,10 +118,13 @@ class Outcome:
 
 
 def rejected_frame(rejected: list[tuple[str, int, str]], tables: dict[str, SourceTable | None]) -> pd.DataFrame:
-    """One row per rejected source row: which file, its row number, the reason, then its original cells."""
+    """One row per rejected source row: which file, its row number, the reason, then its original cells
+    (for a row that could not be split into cells, its text in `raw`)."""
     import pandas as pd
 
-    parts = []
+    parts = [pd.DataFrame({"file": src, "row": [n for n, _, _ in table.unreadable],
+                           "reason": [r for _, r, _ in table.unreadable], "raw": [t for _, _, t in table.unreadable]})
+             for src, table in tables.items() if table is not None and table.unreadable]
     for src in ("data", "validation"):
         items = [(i, r) for s, i, r in rejected if s == src]
         table = tables[src]
@@ -128,7 +141,8 @@ def rejected_frame(rejected: list[tuple[str, int, str]], tables: dict[str, Sourc
         parts.append(pd.concat([head, cells], axis=1))
     if not parts:
         return pd.DataFrame(columns=["file", "row", "reason"])
-    return pd.concat(parts, ignore_index=True)
+    frame = pd.concat(parts, ignore_index=True).sort_values(["file", "row"], kind="stable", ignore_index=True)
+    return frame[[c for c in frame.columns if c != "raw"] + (["raw"] if "raw" in frame.columns else [])]
 
 
 def content_hash(settings: dict[str, Any], train: pa.ListArray, val: pa.ListArray) -> str:

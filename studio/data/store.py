@@ -1,8 +1,9 @@
 """Dataset versions on disk and in the registry: the contract between the Data tab and training.
 
-A version is a folder `datasets/<id>/` with `train.parquet` and `val.parquet` (one column,
+A version is a folder `datasets/<id>/` with `train.parquet` and `val.parquet` (for SFT one column,
 `messages`: a list of {"role", "content"} — system?, user, assistant, ... ending with the
-assistant's answer), `meta.json` (the registry row) and, when rows were rejected, `rejected.csv`.
+assistant's answer; preference and KTO versions hold the columns in studio/data/kinds.py), `meta.json`
+(the registry row) and, when rows were rejected, `rejected.csv`.
 Versions are immutable and content-addressed: the id is "ds-" + the first 12 hex digits of the
 content hash, so saving the same content twice finds the existing version.
 """
@@ -18,8 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from studio.core import access, audit
 from studio.core.db import now
 from studio.core.errors import Conflict, NotFound
+from studio.core.files import disk_full_says
 
 if TYPE_CHECKING:
     import datasets
@@ -46,6 +49,7 @@ class DatasetVersion(BaseModel):
     rows_rejected: int = 0
     report: dict[str, Any] = {}
     path: str
+    created_by: str | None = None  # the account that saved it (the machine's user from the CLI)
 
     @classmethod
     def from_row(cls, row: dict) -> DatasetVersion:
@@ -62,6 +66,18 @@ class DatasetVersion(BaseModel):
 
     def split_path(self, split: str) -> Path:
         return Path(self.path) / f"{split}.parquet"
+
+    @property
+    def kind(self) -> str:
+        """sft, preference or kto (studio.data.kinds), told by the columns of the training split."""
+        import pyarrow.parquet as pq
+
+        from studio.data.kinds import kind_of
+
+        try:
+            return kind_of(pq.read_schema(self.split_path("train")).names)
+        except OSError:
+            return str(self.report.get("kind") or "sft")
 
 
 def version_id(content_hash: str) -> str:
@@ -93,13 +109,21 @@ def save_version(
     Files are written to a temporary folder and renamed into place before the registry row is
     inserted, so a failure leaves neither a half-written folder nor a dangling row.
     """
+    actor = access.require(ws, "data.import")
     existing = find_by_hash(ws, content_hash)
     if existing is not None:
         return existing, False
-    vid = version_id(content_hash)
-    target = ws.datasets_dir / vid
+    with disk_full_says(f"saving the dataset version '{name}'", ws.datasets_dir):
+        version = _write_version(ws, version_id(content_hash), name, content_hash, train, val, rejected_csv,
+                                 extra_files, actor, fields)
+    audit.record(ws, "data.import", version.id, name=name, rows_train=len(train), rows_val=len(val))
+    return version, True
+
+
+def _write_version(ws, vid, name, content_hash, train, val, rejected_csv, extra_files, actor, fields):
     import pyarrow.parquet as pq
 
+    target = ws.datasets_dir / vid
     tmp = Path(tempfile.mkdtemp(prefix=f".{vid}-", dir=ws.datasets_dir))
     try:
         for split, rows in (("train", train), ("val", val)):  # as Arrow: honours select()/filter() indices
@@ -110,7 +134,7 @@ def save_version(
             (tmp / Path(file_name).name).write_bytes(content)
         version = DatasetVersion(
             id=vid, name=name, content_hash=content_hash, created_at=now(), path=str(target),
-            rows_train=len(train), rows_val=len(val), **fields,
+            rows_train=len(train), rows_val=len(val), created_by=actor.name, **fields,
         )
         (tmp / "meta.json").write_text(version.model_dump_json(indent=2))
         if target.exists():  # left by a crash between rename and insert: not registered, so stale
@@ -125,7 +149,7 @@ def save_version(
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)
         raise
-    return version, True
+    return version
 
 
 def get_version(ws: Workspace, dataset_id: str) -> DatasetVersion:
@@ -154,14 +178,17 @@ def load_split(ws: Workspace, dataset_id: str, split: str = "train") -> datasets
 
 
 def rename_version(ws: Workspace, dataset_id: str, name: str) -> DatasetVersion:
+    access.require(ws, "data.rename")
     get_version(ws, dataset_id)
     with ws.db() as db:
         db["datasets"].update(dataset_id, {"name": name.strip() or dataset_id})
+    audit.record(ws, "data.rename", dataset_id, name=name.strip())
     return get_version(ws, dataset_id)
 
 
 def delete_version(ws: Workspace, dataset_id: str) -> None:
     """Delete a version and its files; refused while any run refers to it."""
+    access.require(ws, "data.delete")
     version = get_version(ws, dataset_id)
     with ws.db() as db:
         users = [r["id"] for r in db["runs"].rows_where("dataset_id = ?", [dataset_id], select="id")]
@@ -172,3 +199,4 @@ def delete_version(ws: Workspace, dataset_id: str) -> None:
             )
         db["datasets"].delete(dataset_id)
     shutil.rmtree(version.path, ignore_errors=True)
+    audit.record(ws, "data.delete", dataset_id, name=version.name)

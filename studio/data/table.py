@@ -37,6 +37,8 @@ class SourceTable:
     sheets: list[str] = field(default_factory=list)
     skipped_empty: int = 0
     dropped_columns: list[str] = field(default_factory=list)
+    # rows the reader could not split into the header's columns: (row number, reason, their text)
+    unreadable: list[tuple[int, str, str]] = field(default_factory=list)
 
     @property
     def columns(self) -> list[str]:
@@ -47,7 +49,7 @@ class SourceTable:
             "name": self.name, "format": self.format, "rows": len(self.frame), "columns": self.columns,
             "encoding": self.encoding, "delimiter": self.delimiter, "header": self.header,
             "sheet": self.sheet, "sheets": self.sheets, "skipped_empty_rows": self.skipped_empty,
-            "dropped_columns": self.dropped_columns,
+            "dropped_columns": self.dropped_columns, "unreadable_rows": len(self.unreadable),
         }
 
     def sample(self, n: int = 5) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ import random
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from studio.core import access
 from studio.core.errors import InvalidInput
 from studio.evaluation.runner import MODELS, get_evaluation
 
@@ -40,6 +41,7 @@ def ab_pairs(ws: Workspace, eval_id: str) -> list[dict]:
 
 def ab_vote(ws: Workspace, eval_id: str, pair: int, choice: str) -> dict[str, int]:
     """Record the expert's vote for pair `pair` ("a", "b" or "tie"); return the tally so far."""
+    access.require(ws, "chat.feedback")
     if choice not in ("a", "b", "tie"):
         raise InvalidInput(f"'{choice}' is not a vote.", "Vote a, b or tie.")
     pairs = ab_pairs(ws, eval_id)

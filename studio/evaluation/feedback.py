@@ -13,6 +13,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING
 
+from studio.core import access
 from studio.core.db import now
 from studio.core.errors import InvalidInput
 
@@ -34,6 +35,7 @@ def add_correction(
 ) -> DatasetVersion:
     """Save `messages` (system?, user, assistant, ..., ending with the user's question) + `corrected`
     as a new row; return the new dataset version that holds it."""
+    access.require(ws, "chat.feedback")
     import datasets
 
     from studio.data.store import list_versions, load_split, save_version
@@ -111,6 +113,30 @@ def _log(ws: Workspace, record: dict) -> None:
 
 def corrections(ws: Workspace) -> list[dict]:
     path = ws.evaluations_dir / "feedback.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def add_thumb(ws: Workspace, messages: list[dict], answer: str, liked: bool, *, run_id: str | None = None,
+              model: str = "") -> dict:
+    """Record a thumbs-up or thumbs-down on `answer` to `messages` (ending with the user's question) in
+    evaluations/thumbs.jsonl: each one is a KTO row (`studio feedback export --kind kto`)."""
+    access.require(ws, "chat.feedback")
+    context = [{"role": m["role"], "content": str(m["content"])} for m in messages if str(m.get("content", "")).strip()]
+    if not str(answer or "").strip():
+        raise InvalidInput("The answer to rate is empty.", "Rate an answer the model gave.")
+    if not context or context[-1]["role"] != "user":
+        raise InvalidInput("There is no question to attach the rating to.", "Ask the model something first.")
+    record = {"at": now(), "run_id": run_id, "model": model, "messages": context, "answer": str(answer).strip(),
+              "liked": bool(liked)}
+    with open(ws.evaluations_dir / "thumbs.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return record
+
+
+def thumbs(ws: Workspace) -> list[dict]:
+    path = ws.evaluations_dir / "thumbs.jsonl"
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from studio.core import access
 from studio.core.db import now
 from studio.core.errors import Conflict, InvalidInput, NotFound
 from studio.core.files import new_folder
@@ -77,6 +78,7 @@ def evaluate_run(
 
     golden=None evaluates on the run's held-out split. Uses the run's live endpoint if there is one,
     else starts one and stops it afterwards."""
+    access.require(ws, "evaluate")
     from studio.serving import endpoints, launch
     from studio.training import runs
 
@@ -157,8 +159,10 @@ def _heldout_loss(ws: Workspace, url: str, run, limit: int) -> dict[str, Any]:
     rows = load_split(ws, run.dataset_id, "val")
     if len(rows) == 0:
         return {"rows": 0, "tokens": 0}
-    from transformers import AutoTokenizer
+    from studio.core.imports import heavy_imports
 
+    with heavy_imports():
+        from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(run_adapter_dir(ws, run.id))
     inference = client(url)
     totals = {which: 0.0 for which in MODELS}
@@ -253,6 +257,7 @@ def compare(ws: Workspace, golden: str) -> list[dict]:
         s = ev.summary
         rows.append({
             "evaluation": ev.id, "run": ev.run_id, "date": ev.created_at, "questions": s.get("questions"),
+            "against": (s.get("versus") or {}).get("old") or "base model",
             **{f"tuned {k}": s.get("tuned", {}).get(k) for k in (*SCORES, "loss", "perplexity")},
             **{f"base {k}": s.get("base", {}).get(k) for k in (*SCORES, "loss", "perplexity")},
             "A/B votes for tuned": (s.get("ab") or {}).get("tuned"),

@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from studio.core.errors import InvalidInput
 
 Method = Literal["qlora", "lora"]
+Objective = Literal["sft", "dpo", "orpo", "kto"]
+PREFERENCE_OBJECTIVES = ("dpo", "orpo", "kto")
 Schedule = Literal["cosine", "linear", "constant", "constant_with_warmup"]
 
 
@@ -37,6 +39,20 @@ class TrainConfig(BaseModel):
         description="qlora keeps the base model in 4 bits (NF4, double quantization, bf16 compute) so big models fit "
         "a small GPU; lora keeps it in 16 bits (faster, needs about 3x the memory). Without a CUDA GPU both "
         "train in 32-bit on the CPU.",
+    )
+
+    # what the run learns from
+    objective: Objective = Field(
+        "sft",
+        description="sft learns example answers (question -> answer rows). dpo learns from pairs of a better and a "
+        "worse answer; it needs a model that already answers in the domain, so start it from an SFT run (--from). "
+        "orpo learns the better answer and the preference in one go, from the base model. kto learns from single "
+        "answers marked good or bad (thumbs up/down).",
+    )
+    beta: float = Field(
+        0.1, gt=0.0, le=10.0,
+        description="dpo/kto: how far the model may drift from where it started (lower lets it move further; "
+        "0.1 is usual). orpo: the weight of the preference next to learning the better answer.",
     )
 
     # the adapter

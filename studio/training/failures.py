@@ -4,11 +4,12 @@ expert understands, and the change that would help. Written to status.json and t
 
 from __future__ import annotations
 
-import errno
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from studio.core.files import is_disk_full
 
 if TYPE_CHECKING:
     from studio.training.config import TrainConfig
@@ -78,7 +79,7 @@ def classify(exc: BaseException, cfg: TrainConfig | None, run_dir: Path, model_n
             f"Lower {settings}{checkpointing}, or use the low-memory preset. The fit check shows what fits.",
         )
 
-    if any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in chain) or "no space left" in lowered:
+    if any(is_disk_full(e) for e in chain):  # no space, a quota, or a file-size limit
         free = _free_gb(run_dir)
         return Failure(
             "disk_full",

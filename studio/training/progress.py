@@ -1,7 +1,8 @@
 """The TrainerCallback that turns the Trainer's logs into events.jsonl lines, and stops on request.
 
 Step events carry step, epoch, loss, learning rate, gradient norm, tokens per second, GPU memory,
-elapsed and ETA; the studio's Runs tab and `studio runs show --follow` read nothing else.
+elapsed and ETA, and for DPO/ORPO/KTO the reward margin, the chosen/rejected rewards and the accuracy of
+preferring the chosen answer; the studio's Runs tab and `studio runs show --follow` read nothing else.
 """
 
 from __future__ import annotations
@@ -14,6 +15,17 @@ from transformers import TrainerCallback
 
 if TYPE_CHECKING:
     from studio.training.folder import Clock, RunFolder
+
+
+# TRL's preference metrics (DPO, ORPO, KTO) → the names of our step events; KTO logs no accuracy
+PREFERENCE_METRICS = {"rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
+                      "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected",
+                      "logps/chosen": "logp_chosen", "logps/rejected": "logp_rejected"}
+
+
+def _preference(logs: dict, prefix: str = "") -> dict[str, float | None]:
+    return {ours: _number(logs[prefix + theirs]) for theirs, ours in PREFERENCE_METRICS.items()
+            if prefix + theirs in logs}
 
 
 def _number(value: Any) -> float | None:
@@ -70,12 +82,13 @@ class Progress(TrainerCallback):
                 loss=_number(logs.get("loss")), learning_rate=_number(logs.get("learning_rate")),
                 grad_norm=_number(logs.get("grad_norm")), tokens_seen=int(tokens),
                 tokens_per_second=round(speed, 1), gpu_memory=self._gpu_memory(),
-                elapsed=self.clock.elapsed(), eta=eta,
+                elapsed=self.clock.elapsed(), eta=eta, **_preference(logs),
             )
         if "eval_loss" in logs:
             self.folder.emit(
                 "eval", step=state.global_step, max_steps=state.max_steps, epoch=_number(state.epoch),
                 eval_loss=_number(logs["eval_loss"]), elapsed=self.clock.elapsed(),
+                **{f"eval_{k}": v for k, v in _preference(logs, "eval_").items()},
             )
 
     def on_save(self, args, state, control, **kwargs):

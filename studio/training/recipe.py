@@ -132,6 +132,46 @@ def sft_config(cfg: TrainConfig, output_dir: str, **overrides: Any) -> SFTConfig
     """TRL's SFTConfig for this run. Checkpoints go to output_dir; logging is ours (callbacks), not TRL's."""
     from trl import SFTConfig
 
+    options = trainer_options(cfg, output_dir)
+    options.update(packing=cfg.packing, completion_only_loss=cfg.answers_only_loss)
+    options.update(overrides)
+    return SFTConfig(**options)
+
+
+def preference_config(cfg: TrainConfig, output_dir: str, **overrides: Any) -> Any:
+    """TRL's DPOConfig, ORPOConfig or KTOConfig for this run: the same optimisation settings as SFT, plus beta.
+
+    The reference of DPO and KTO is the policy with its adapter disabled (TRL does this for a peft model
+    when no ref_model is given), or, for a run continued from another, a frozen copy of the starting
+    adapter: adapter-sized, never a second copy of the model. ORPO needs no reference.
+    """
+    options = trainer_options(cfg, output_dir)
+    options.update(beta=cfg.beta)
+    options.update(overrides)
+    return trainer_classes(cfg.objective)[0](**options)
+
+
+def trainer_classes(objective: str) -> tuple[type, type]:
+    """(config class, trainer class) of TRL for an objective."""
+    if objective == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        return DPOConfig, DPOTrainer
+    if objective == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        return ORPOConfig, ORPOTrainer
+    if objective == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        return KTOConfig, KTOTrainer
+    from trl import SFTConfig, SFTTrainer
+
+    return SFTConfig, SFTTrainer
+
+
+def trainer_options(cfg: TrainConfig, output_dir: str) -> dict[str, Any]:
+    """The TrainingArguments every objective shares: steps, batch, schedule, precision, saving, logging."""
     on_cuda = cuda_available()
     evaluate_each = "steps" if cfg.eval_every else "epoch"
     save_each = "steps" if cfg.save_every else "epoch"
@@ -150,8 +190,6 @@ def sft_config(cfg: TrainConfig, output_dir: str, **overrides: Any) -> SFTConfig
         weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm,
         max_length=cfg.max_length,
-        packing=cfg.packing,
-        completion_only_loss=cfg.answers_only_loss,
         # transformers 5 names it activation checkpointing (gradient_checkpointing is its deprecated alias)
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
@@ -173,8 +211,7 @@ def sft_config(cfg: TrainConfig, output_dir: str, **overrides: Any) -> SFTConfig
         dataloader_num_workers=0,
         dataset_num_proc=None,
     )
-    options.update(overrides)
-    return SFTConfig(**options)
+    return options
 
 
 def to_prompt_completion(dataset: datasets.Dataset) -> datasets.Dataset:
@@ -186,3 +223,36 @@ def to_prompt_completion(dataset: datasets.Dataset) -> datasets.Dataset:
         return {"prompt": messages[:-1], "completion": messages[-1:]}
 
     return dataset.map(split, remove_columns=dataset.column_names)
+
+
+def to_trainer_rows(cfg: TrainConfig, kind: str, dataset: datasets.Dataset) -> datasets.Dataset:
+    """A dataset version's rows in the shape the objective's TRL trainer reads (studio.data.kinds)."""
+    from studio.data.kinds import KINDS
+
+    if kind == "sft":
+        return to_prompt_completion(dataset)
+    dataset = dataset.select_columns(list(KINDS[kind]))
+    if cfg.objective == "kto" and kind == "preference":
+        from trl.data_utils import unpair_preference_dataset
+
+        return unpair_preference_dataset(dataset)  # chosen = a good answer, rejected = a bad one
+    return dataset
+
+
+def kto_weights(dataset: datasets.Dataset) -> dict[str, float]:
+    """KTO's weights so good and bad answers count alike: TRL asks that desirable x good / (undesirable x bad)
+    stay between 1 and 4/3; with 30 good and 10 bad answers the bad ones weigh 3."""
+    labels = dataset["label"]
+    good, bad = sum(1 for v in labels if v), sum(1 for v in labels if not v)
+    if not good or not bad:
+        return {}
+    if good >= bad:
+        return {"desirable_weight": 1.0, "undesirable_weight": round(good / bad, 4)}
+    return {"desirable_weight": round(bad / good, 4), "undesirable_weight": 1.0}
+
+
+def load_start_adapter(model: PreTrainedModel, adapter_dir: str) -> Any:
+    """The base model with an earlier run's adapter on it, trainable: a continued run goes on from there."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)

@@ -61,8 +61,9 @@ def main(run_dir: str) -> int:
 def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clock) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer, set_seed
-    from trl import SFTTrainer
 
+    from studio.core.errors import InvalidInput
+    from studio.data.kinds import kind_of, mismatch, mismatch_fix
     from studio.training import recipe
     from studio.training.progress import Progress
 
@@ -86,8 +87,13 @@ def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clo
     train_rows, val_rows = (read_split(data_dir / f"{split}.parquet") for split in ("train", "val"))
     if len(train_rows) == 0:
         raise EmptyDataset("the dataset version has no training rows.")
-    train_set = recipe.to_prompt_completion(train_rows)
-    val_set = recipe.to_prompt_completion(val_rows) if len(val_rows) else None
+    kind = kind_of(train_rows.column_names)
+    problem = mismatch(cfg.objective, kind)
+    if problem:
+        raise InvalidInput(problem, mismatch_fix(cfg.objective))
+    train_set, val_set = recipe.to_trainer_rows(cfg, kind, train_rows), None
+    if len(val_rows):
+        val_set = recipe.to_trainer_rows(cfg, kind, val_rows)
 
     # model
     log.info("loading %s (%s)", cfg.base_model, source)
@@ -97,22 +103,35 @@ def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clo
         raise
     except Exception as exc:
         raise ModelLoadError(f"model {source}") from exc
-    targets = recipe.default_target_modules(model)
+    peft_config = recipe.lora_config(cfg, recipe.default_target_modules(model))
+    start = manifest.get("parent")
+    if start:  # continue an earlier run: its adapter, trainable, instead of a fresh one
+        model = recipe.load_start_adapter(model, str(folder.path / start["adapter"]))
+        peft_config = None
+        log.info("continuing the adapter of run %s", start["run_id"])
     if stop.is_set():
         return _finish(folder, None, tokenizer, "cancelled", clock)
 
     overrides: dict[str, Any] = {}
     if val_set is None:
         overrides["eval_strategy"] = "no"
-    args = recipe.sft_config(cfg, str(folder.checkpoints), **overrides)
     progress = Progress(folder, stop, clock)
-    trainer = SFTTrainer(
+    if cfg.objective != "sft":
+        overrides.update(recipe.kto_weights(train_set) if cfg.objective == "kto" else {})
+        args = recipe.preference_config(cfg, str(folder.checkpoints), **overrides)
+        trainer = recipe.trainer_classes(cfg.objective)[1](
+            model=model, args=args, train_dataset=train_set, eval_dataset=val_set, processing_class=tokenizer,
+            peft_config=peft_config, callbacks=[progress],
+        )
+        return _train(folder, manifest, cfg, model, trainer, tokenizer, progress, notice, stop, clock)
+    args = recipe.sft_config(cfg, str(folder.checkpoints), **overrides)
+    trainer = recipe.trainer_classes("sft")[1](
         model=model,
         args=args,
         train_dataset=train_set,
         eval_dataset=val_set,
         processing_class=tokenizer,
-        peft_config=recipe.lora_config(cfg, targets),
+        peft_config=peft_config,
         callbacks=[progress],
     )
     kept = len(trainer.train_dataset)
@@ -130,7 +149,11 @@ def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clo
         )
         log.warning(message)
         folder.emit("notice", message=message)
+    return _train(folder, manifest, cfg, model, trainer, tokenizer, progress, notice, stop, clock)
 
+
+def _train(folder: RunFolder, manifest: dict, cfg: TrainConfig, model: Any, trainer: Any, tokenizer: Any,
+           progress: Any, notice: str | None, stop: threading.Event, clock: Clock) -> dict[str, Any]:
     _write_manifest(folder, manifest, cfg, model, trainer, notice)
     resume = folder.last_checkpoint()
     if resume is not None:
@@ -181,7 +204,8 @@ def save_adapter(folder: RunFolder, trainer: Any, tokenizer: Any) -> str:
 
     tmp = folder.path / ".adapter-new"
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(str(tmp))
+    # only the trained adapter: DPO/KTO continued from a run also hold a frozen "ref" copy of the start
+    trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])
     tokenizer.save_pretrained(str(tmp))
     base_generation = getattr(trainer.model, "generation_config", None)
     eos = _as_list(getattr(base_generation, "eos_token_id", None)) if base_generation is not None else []
@@ -232,6 +256,7 @@ def _write_manifest(folder: RunFolder, manifest: dict, cfg: TrainConfig, model: 
         seed=cfg.seed,
         libraries=versions,
         hardware=hardware,
+        objective=cfg.objective,
         method={
             "asked": cfg.method,
             "used": "qlora-4bit-nf4" if recipe.uses_4bit(cfg) else f"lora-{str(recipe.compute_dtype())[6:]}",

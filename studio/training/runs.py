@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from studio.core import access, audit
 from studio.core.db import now
 from studio.core.errors import Conflict, NotFound
 from studio.core.states import Machine
@@ -66,6 +67,7 @@ class Run(BaseModel):
     attempts: int | None = None
     path: str
     config: dict[str, Any] = {}
+    created_by: str | None = None  # the account that started it (the machine's user from the CLI)
 
     @classmethod
     def from_row(cls, row: dict) -> Run:
@@ -141,6 +143,7 @@ def record(ws: Workspace, run_id: str, *, while_in: tuple[str, ...] = ("running"
 def resume(ws: Workspace, run_id: str) -> Run:
     """Queue a cancelled or failed run again; its process continues from the last checkpoint (with the
     optimizer and scheduler state, the step count going on) or starts over if there is none."""
+    access.require(ws, "train.resume")
     run = get_run(ws, run_id)
     if run.status in ACTIVE:
         raise Conflict(f"Run '{run_id}' is already {run.status}.", "Wait for it, or cancel it first.")
@@ -149,11 +152,13 @@ def resume(ws: Workspace, run_id: str) -> Run:
                        "Use re-run to train again with the same settings.")
     transition(ws, run_id, "queued", expect=("failed", "cancelled"), queued_at=now(), finished_at=None, pid=None,
                proc_start=None, launch_ref=None, error=None, fix=None, cancel_requested_at=None)
+    audit.record(ws, "train.resume", run_id)
     return get_run(ws, run_id)
 
 
 def delete(ws: Workspace, run_id: str) -> None:
     """Delete a finished run and its folder; refused while it runs or while something refers to it."""
+    access.require(ws, "train.delete")
     run = get_run(ws, run_id)
     if run.status in ACTIVE:
         raise Conflict(f"Run '{run_id}' is {run.status}.", "Cancel it first, then delete it.")
@@ -171,3 +176,4 @@ def delete(ws: Workspace, run_id: str) -> None:
         )
     RUN_STATES.delete_when(ws, run_id, ("succeeded", "failed", "cancelled"))
     shutil.rmtree(run.path, ignore_errors=True)
+    audit.record(ws, "train.delete", run_id, name=run.name)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from studio.core import procs
+from studio.core import access, audit, procs
 from studio.core.db import now, seconds_since
 from studio.core.errors import Conflict
 from studio.training import launchers
@@ -189,14 +189,17 @@ def cancel(ws: Workspace, run_id: str, wait: float = 0.0) -> Run:
     """Queued: cancelled at once. Running: its launcher asks the process to stop; it stops at the next
     step, saves a checkpoint and the adapter, and ends as cancelled (a process that ignores the request
     is killed after CANCEL_GRACE_S). `wait` seconds: wait for the end."""
+    access.require(ws, "train.cancel")
     stamp = now()
     if transition(ws, run_id, "cancelled", expect=("queued",), quiet=True, finished_at=stamp,
                   cancel_requested_at=stamp):
+        audit.record(ws, "train.cancel", run_id, was="queued")
         return get_run(ws, run_id)
     # not queued (any more): the scheduler may have claimed it a moment ago, so it may be running
     if not record(ws, run_id, cancel_requested_at=stamp):
         run = get_run(ws, run_id)
         raise Conflict(f"Run '{run_id}' is not running (it is {run.status}).", "Only queued or running runs stop.")
+    audit.record(ws, "train.cancel", run_id, was="running")
     run = get_run(ws, run_id)
     if run.pid is not None or run.launch_ref is not None:  # else its launch sees the request and passes it on
         launchers.get(run.launcher).cancel(run.attempt())

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from studio.core import access, audit
 from studio.core.db import now
 from studio.core.errors import ResourceError
-from studio.core.files import new_folder, write_json_atomic
-from studio.training import launchers
+from studio.core.files import disk_full_says, new_folder, write_json_atomic
+from studio.training import launchers, lineage
 from studio.training.config import TrainConfig, load_yaml
 from studio.training.folder import RunFolder
 from studio.training.runs import Run, get_run
@@ -45,7 +46,7 @@ def plan(ws: Workspace, cfg: TrainConfig) -> Plan:
     from studio.models.resolve import model_shape
     from studio.training import fitcheck
 
-    get_version(ws, cfg.dataset_id)  # a missing dataset is refused before anything else
+    check_objective(get_version(ws, cfg.dataset_id), cfg)  # a missing or unsuitable dataset is refused first
     shape = model_shape(ws, cfg.base_model)
     found = gpus()
     gpu = found[0] if found else None
@@ -57,7 +58,10 @@ def plan(ws: Workspace, cfg: TrainConfig) -> Plan:
         stats = fitcheck.dataset_stats(ws, cfg.dataset_id, cfg.base_model)
     except ModelUnavailable:  # a local folder that is not a model: the run itself will say so
         stats = {}
-    estimate = fitcheck.estimate(shape, cfg, stats, gpu, available_bytes=psutil.virtual_memory().available)
+    try:
+        estimate = fitcheck.estimate(shape, cfg, stats, gpu, available_bytes=psutil.virtual_memory().available)
+    except ModelUnavailable as exc:  # an architecture transformers cannot build: it cannot train it either
+        return Plan(config=cfg, summary=f"No fit check: {exc}", device=device)
     return Plan(config=cfg, estimate=estimate.model_dump(), summary=estimate.summary(), device=device)
 
 
@@ -74,17 +78,22 @@ def submit(
     force: bool = False,
     estimate: FitEstimate | dict | None = None,
     launcher: str = launchers.DEFAULT,
+    from_run: str | None = None,
 ) -> Run:
     """Freeze `cfg` into a new run folder, register the run and queue it for `launcher` to start.
 
     Refused (ResourceError, with the change that fits) when the fit check says it cannot fit the
-    device's whole memory, unless force=True.
+    device's whole memory, unless force=True. `from_run`: start from that run's adapter (trainable) instead
+    of a fresh one; its adapter is copied into the new run folder (start-adapter/) and named in the manifest.
     """
     from studio.data.store import get_version
     from studio.models.resolve import resolve
 
+    actor = access.require(ws, "train.start")
     launcher = launchers.get(launcher).name
     version = get_version(ws, cfg.dataset_id)
+    check_objective(version, cfg)
+    parent = lineage.parent_for(ws, from_run, cfg) if from_run else None
     resolved = resolve(ws, cfg.base_model)
     if estimate is None:
         estimate = plan(ws, cfg).estimate
@@ -92,9 +101,9 @@ def submit(
         estimate = estimate.model_dump()
     if estimate and not force:
         _refuse_if_too_big(estimate)
-    folder = RunFolder(new_folder(ws.runs_dir, "run"))
+    with disk_full_says("creating the run folder", ws.runs_dir):
+        folder = RunFolder(new_folder(ws.runs_dir, "run"))
     run_id = folder.path.name
-    folder.config.write_text(cfg.to_yaml(), encoding="utf-8")
     manifest = {
         "run_id": run_id,
         "created_at": now(),
@@ -108,13 +117,21 @@ def submit(
         },
         "fit_check": estimate,
     }
-    write_json_atomic(folder.manifest, manifest)
+    try:  # a folder that is not complete is removed: the queue never sees half a run
+        with disk_full_says("writing the run's config and manifest", ws.runs_dir):
+            folder.config.write_text(cfg.to_yaml(), encoding="utf-8")
+            if parent is not None:
+                manifest["parent"] = lineage.copy_start(parent, folder.path)
+            write_json_atomic(folder.manifest, manifest)
+    except BaseException:
+        shutil.rmtree(folder.path, ignore_errors=True)
+        raise
     stamp = now()
     row = {
         "id": run_id, "name": (name or "").strip() or f"{cfg.base_model.split('/')[-1]} on {version.name}",
         "dataset_id": version.id, "base_model": cfg.base_model, "preset": preset,
         "config_json": cfg.model_dump_json(), "status": "queued", "created_at": stamp, "queued_at": stamp,
-        "path": str(folder.path), "attempts": 0, "step": 0, "launcher": launcher,
+        "path": str(folder.path), "attempts": 0, "step": 0, "launcher": launcher, "created_by": actor.name,
         "max_steps": (estimate or {}).get("steps") or None,
     }
     try:
@@ -123,6 +140,8 @@ def submit(
     except BaseException:
         shutil.rmtree(folder.path, ignore_errors=True)
         raise
+    audit.record(ws, "train.start", run_id, dataset=version.id, base_model=cfg.base_model, preset=preset,
+                 from_run=from_run, forced=force)
     return get_run(ws, run_id)
 
 
@@ -147,6 +166,16 @@ def _refuse_if_too_big(estimate: dict) -> None:
         )
 
 
+def check_objective(version: Any, cfg: TrainConfig) -> None:
+    """Refuse an objective that cannot learn from the version's kind of data (DPO on question/answer rows)."""
+    from studio.core.errors import InvalidInput
+    from studio.data.kinds import mismatch, mismatch_fix
+
+    problem = mismatch(cfg.objective, version.kind)
+    if problem:
+        raise InvalidInput(f"Dataset '{version.name}' ({version.id}): {problem}", mismatch_fix(cfg.objective))
+
+
 def rerun(ws: Workspace, run_id: str) -> Run:
     """A new run with exactly the same frozen config (the dataset version and preset too)."""
     run = get_run(ws, run_id)
@@ -154,16 +183,21 @@ def rerun(ws: Workspace, run_id: str) -> Run:
     manifest = run.folder.read_manifest()
     return submit(ws, cfg, preset=run.preset, overrides=manifest.get("overrides"),
                   name=f"{run.name} (re-run)", estimate=manifest.get("fit_check"), force=True,
-                  launcher=run.launcher or launchers.DEFAULT)
+                  launcher=run.launcher or launchers.DEFAULT, from_run=(manifest.get("parent") or {}).get("run_id"))
 
 
 def command_line(base_model: str, dataset_id: str, preset: str, overrides: dict[str, Any] | None = None,
-                 name: str | None = None) -> str:
+                 name: str | None = None, from_run: str | None = None) -> str:
     """The `studio train` line that starts the same run as the Train tab's form."""
     import shlex
 
     parts = ["studio", "train", "--data", dataset_id, "--model", base_model, "--preset", preset]
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    if overrides.get("objective") not in (None, "sft"):
+        parts += ["--method", overrides.pop("objective")]
+    if from_run:
+        parts += ["--from", from_run]
+    for key, value in overrides.items():
         text = json.dumps(value) if isinstance(value, list | bool) else str(value)
         parts += ["--set", f"{key}={text}"]
     if name:

@@ -56,6 +56,10 @@ def step_line(event: dict[str, Any]) -> str:
         return " · ".join(parts)
     if event.get("loss") is not None:
         parts.append(f"loss {event['loss']:.4f}")
+    if event.get("reward_margin") is not None:
+        parts.append(f"reward margin {event['reward_margin']:+.3f}")
+    if event.get("reward_accuracy") is not None:
+        parts.append(f"prefers chosen {event['reward_accuracy']:.0%}")
     if event.get("learning_rate") is not None:
         parts.append(f"lr {event['learning_rate']:.1e}")
     if event.get("grad_norm") is not None:

@@ -80,13 +80,13 @@ def _history(messages: list[dict] | None) -> list[dict]:
     return [{"role": m["role"], "content": chat.flatten(m.get("content"))} for m in messages or []]
 
 
-def stream_panes(url: str, bodies: dict[str, dict]):
+def stream_panes(url: str, bodies: dict[str, dict], api_key: str | None = None):
     """Stream the panes' answers at the same time; yield (pane, piece or None, error or None)."""
     events: queue.Queue = queue.Queue()
 
     def work(pane: str, body: dict) -> None:
         try:
-            for piece in client.stream_chat(url, body):
+            for piece in client.stream_chat(url, body, api_key=api_key):
                 events.put((pane, piece, None))
         except StudioError as exc:
             events.put((pane, None, exc))
@@ -120,6 +120,9 @@ def build(ws: Workspace) -> None:
         with gr.Row():
             url = gr.Textbox(label="Server URL", placeholder="http://my-tgi-server:8080", scale=3,
                              info="A TGI, vLLM or SGLang server (OpenAI-compatible), e.g. one you published to.")
+            key_env = gr.Textbox(label="API key variable (if it asks for a key)", placeholder="VLLM_API_KEY", scale=2,
+                                 info="The name of the studio's environment variable that holds the key; the key "
+                                      "itself is never stored.")
             add = gr.Button("Add", scale=0)
     with gr.Row():
         left_model = gr.Dropdown(label="Left pane", allow_custom_value=True,
@@ -165,6 +168,16 @@ def build(ws: Workspace) -> None:
                                info="What an expert would answer. It becomes the target for the next training.")
         save_fix = gr.Button("Save as a training row")
         fix_status = gr.Markdown()
+    with gr.Accordion("Teach the model your preferences (DPO / KTO)", open=False):
+        gr.Markdown("Every thumbs up/down, correction and blind A/B vote is kept. Turn them into a dataset for "
+                    "preference training: pairs (a better and a worse answer) for DPO/ORPO, or single answers "
+                    "marked good or bad for KTO. Then train with that method in the Train tab, from your run.")
+        with gr.Row():
+            export_kind = gr.Radio(["preference", "kto"], value="preference", label="Dataset kind", scale=2,
+                                   info="preference: better/worse answer pairs (DPO, ORPO); kto: single answers "
+                                        "marked good or bad (KTO).")
+            export_feedback = gr.Button("Make a dataset from the feedback", scale=1)
+        export_status = gr.Markdown(elem_id="chat-feedback-export")
 
     def pick(ref: str | None):
         try:
@@ -198,9 +211,9 @@ def build(ws: Workspace) -> None:
             raise gr.Error(str(exc)) from exc
         return describe(ws, ref), {}
 
-    def add_server(address: str):
+    def add_server(address: str, api_key_env: str = ""):
         try:
-            ep = endpoints.register_remote(ws, address)
+            ep = endpoints.register_remote(ws, address, api_key_env=(api_key_env or "").strip() or None)
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
         return gr.Dropdown(choices=sources(ws), value=ep.id), ""
@@ -228,7 +241,7 @@ def build(ws: Workspace) -> None:
         code = (chat.as_curl(found.url, shown), chat.as_python(found.url, shown))
         state = {"url": found.url, "run_id": found.run_id}
         yield histories["left"], histories["right"], "", *code, describe(ws, ref), state
-        for pane, piece, error in stream_panes(found.url, bodies):
+        for pane, piece, error in stream_panes(found.url, bodies, api_key=found.api_key):
             if error is not None:
                 histories[pane][-1]["content"] += f"\n\n⚠️ {error}"
                 gr.Warning(str(error))
@@ -237,12 +250,20 @@ def build(ws: Workspace) -> None:
             yield histories["left"], histories["right"], "", *code, gr.skip(), state
 
     def on_dislike(pane: str):
-        def handler(history, data: gr.LikeData):
+        def handler(history, sys_prompt, state, ref, data: gr.LikeData):
             history = _history(history)
             index = data.index if isinstance(data.index, int) else data.index[0]
-            if data.liked not in (False, "Dislike"):
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
             answer = history[index]["content"] if 0 <= index < len(history) else ""
+            liked = data.liked not in (False, "Dislike")
+            context = ([{"role": "system", "content": sys_prompt}] if sys_prompt and sys_prompt.strip() else []) + [
+                m for m in history[:index] if m["content"]]
+            run_id = (state or {}).get("run_id") or (ref if ref and ref.startswith("run-") else None)
+            try:  # every thumb is a KTO row for `studio feedback export --kind kto`
+                feedback.add_thumb(ws, context, answer, liked, run_id=run_id, model=pane)
+            except StudioError as exc:
+                gr.Warning(str(exc))
+            if liked:
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip()
             return ({"pane": pane, "index": index, "history": history}, answer, answer,
                     gr.Accordion(open=True))
         return handler
@@ -266,14 +287,16 @@ def build(ws: Workspace) -> None:
     source.change(pick, [source], [status, left_model, right_model, target, left, right], api_name="chat_pick")
     start.click(start_endpoint, [source], [status, target], api_name="chat_start_endpoint")
     stop.click(stop_endpoint, [source], [status, target], api_name="chat_stop_endpoint")
-    add.click(add_server, [url], [source, url], api_name="chat_add_server")
+    add.click(add_server, [url, key_env], [source, url], api_name="chat_add_server")
     inputs = [source, message, left_model, right_model, left, right, system, temperature, top_p, max_new, seed]
     outputs = [left, right, message, as_curl, as_python, status, target]
     send.click(send_message, inputs, outputs, api_name="chat_send")
     message.submit(send_message, inputs, outputs)
     clear.click(lambda: ([], []), None, [left, right], api_name="chat_clear")
-    left.like(on_dislike("left"), [left], [disliked, wrong, corrected, correct_box])
-    right.like(on_dislike("right"), [right], [disliked, wrong, corrected, correct_box])
+    left.like(on_dislike("left"), [left, system, target, source], [disliked, wrong, corrected, correct_box])
+    right.like(on_dislike("right"), [right, system, target, source], [disliked, wrong, corrected, correct_box])
+    export_feedback.click(lambda kind: export_markdown(ws, kind), [export_kind], export_status,
+                          api_name="chat_feedback_export")
     save_fix.click(save_correction, [disliked, corrected, system, target, source], fix_status,
                    api_name="chat_correct")
 
@@ -284,3 +307,15 @@ def build(ws: Workspace) -> None:
     # runs that finished (and endpoints published) since the page loaded appear as soon as the list is opened
     source.focus(_refresh_choices, None, source, show_progress="hidden", api_visibility="private")
 
+
+def export_markdown(ws: Workspace, kind: str) -> str:
+    """The feedback export (studio.evaluation.preference_export) as the Chat and Evaluate tabs show it."""
+    from studio.evaluation.preference_export import export
+
+    try:
+        version, info = export(ws, kind)
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    method = "DPO or ORPO" if kind == "preference" else "KTO"
+    return (f"Saved **{version.name}** (`{version.id}`): {info['text']}. Train on it with {method} in the Train "
+            "tab (start from your run to keep what it learnt).")

@@ -27,7 +27,9 @@ SAMPLE_FILES = ["support_faq.csv", "clinical_notes.csv"]
 NONE = "(none)"
 ROLES = ("instruction", "input", "output", "system", "messages")
 ROLE_LABELS = {"instruction": "Question / instruction", "input": "Context (optional)", "output": "Answer",
-               "system": "System prompt column (optional)", "messages": "Chat column (instead of the above)"}
+               "system": "System prompt column (optional)", "messages": "Chat column (instead of the above)",
+               "chosen": "Chosen answer (preference data)", "rejected": "Rejected answer (preference data)",
+               "label": "Good/bad label (KTO data)"}
 AUTO = "auto"
 GUIDE = """### Turn a spreadsheet into training data
 1. **Upload** a spreadsheet (CSV, Excel, JSON lines, Parquet) with one question and its answer per row,
@@ -36,6 +38,9 @@ GUIDE = """### Turn a spreadsheet into training data
 3. Press **Check and preview** to see exactly what the model will read (the answers it learns are
    highlighted) and a report of problems, counted in the model's own tokens.
 4. **Save** the dataset version; the Train tab can then use it.
+
+Preference data works the same way: a file with a prompt and a **chosen** and a **rejected** answer per row
+(for DPO/ORPO), or a prompt, an answer and a good/bad **label** (for KTO). The preview shows both answers.
 """
 
 
@@ -195,6 +200,7 @@ def build(ws: Workspace) -> None:
         show = gr.Button("Preview", size="sm")
         rename = gr.Button("Rename", size="sm")
         delete = gr.Button("Delete", size="sm", variant="stop")
+        reload_versions = gr.Button("Refresh the list", size="sm")
     version_detail = gr.Markdown()
     version_preview = gr.HTML()
 
@@ -313,6 +319,9 @@ def build(ws: Workspace) -> None:
     rename.click(rename_version, [version_id, new_name], [version_detail, versions], api_name="data_rename")
     delete.click(delete_version, [version_id], [version_detail, versions, version_id, version_preview],
                  api_name="data_delete")
+    # versions saved since the page loaded (by someone else, or from the CLI)
+    reload_versions.click(lambda: (versions_frame(ws), gr.update(choices=_version_ids(ws))), None,
+                          [versions, version_id], api_name="data_versions")
     versions.attach_load_event(lambda: versions_frame(ws), None)
     version_id.attach_load_event(lambda: gr.update(choices=_version_ids(ws)), None)
 

@@ -15,6 +15,8 @@ from studio.core.workspace import Workspace
 from studio.evaluation.ab import ab_pairs, ab_tally, ab_vote
 from studio.evaluation.golden import golden_from_rows, read_golden
 from studio.evaluation.runner import Evaluation, compare, evaluate_run, get_evaluation, list_evaluations
+from studio.evaluation.versus import KIND, evaluate_versus, parent_of, win_rate
+from studio.ui.chat_tab import export_markdown
 
 SAMPLE = SAMPLES / "support_faq_golden.csv"
 GUIDE = """### Is the tuned model better than before, on your questions?
@@ -23,6 +25,8 @@ the table, upload it as a CSV, or use the **held-out rows** the run never traine
 question; each answer is scored against yours. **Exact match**: identical words. **Token F1**: how many words
 overlap (0 to 1). **ROUGE-L**: how much of your answer appears in the same order (0 to 1). **Loss** and
 **perplexity** (lower is better) say how natural your held-out answers look to each model.
+**Did it help?** For a run continued from another (DPO after SFT), press *Compare with the earlier run*: both runs
+answer your golden set, then vote blind between their answers for the win rate.
 """
 HELD_OUT = "The run's held-out rows"
 GOLDEN = "My golden set (the table below)"
@@ -39,7 +43,26 @@ def evaluations(ws: Workspace) -> list[tuple[str, str]]:
     return [(f"{e.id}: {e.run_id} on {e.golden_set}", e.id) for e in list_evaluations(ws)]
 
 
+def versus_markdown(ev: Evaluation) -> str:
+    """A run-versus-run evaluation: the two runs' scores side by side and the blind win rate with its count."""
+    s, names = ev.summary, ev.summary.get(KIND, {})
+    rows = ["| | exact match | token F1 | ROUGE-L |", "|---|---|---|---|"]
+    for which, label in (("base", f"Started from: `{names.get('old')}` ({names.get('old_objective', 'sft')})"),
+                         ("tuned", f"New run: `{names.get('new')}` ({names.get('new_objective', 'sft')})")):
+        m = s.get(which, {})
+        rows.append(f"| {label} | {m.get('exact_match', 0):.2f} | {m.get('token_f1', 0):.3f} | "
+                    f"{m.get('rouge_l', 0):.3f} |")
+    better = s.get("better_f1", {})
+    return (f"**{ev.id}** — did it help? *{ev.golden_set}* ({s.get('questions')} questions; golden set "
+            f"`{ev.golden_hash}`)\n\n" + "\n".join(rows) +
+            f"\n\nThe new run answered closer to your answer on **{better.get('tuned', 0)}** questions, the run it "
+            f"started from on **{better.get('base', 0)}**, equally on {better.get('tie', 0)}.\n\n"
+            f"Blind A/B: **{win_rate(s)['text']}**. Vote below (Blind A/B) on evaluation `{ev.id}`.")
+
+
 def summary_markdown(ev: Evaluation) -> str:
+    if ev.kind == KIND:
+        return versus_markdown(ev)
     s = ev.summary
     rows = ["| | exact match | token F1 | ROUGE-L | held-out loss | perplexity |", "|---|---|---|---|---|---|"]
     for which, label in (("base", "Base model"), ("tuned", "Tuned model")):
@@ -61,11 +84,12 @@ def summary_markdown(ev: Evaluation) -> str:
 
 
 def results_frame(ev: Evaluation) -> pd.DataFrame:
+    base, tuned = ("old run", "new run") if ev.kind == KIND else ("base", "tuned")
     return pd.DataFrame([{
         "question": i["question"], "your answer": i["reference"],
-        "base answer": i["base"]["answer"], "base F1": round(i["base"]["token_f1"], 3),
-        "tuned answer": i["tuned"]["answer"], "tuned F1": round(i["tuned"]["token_f1"], 3),
-        "tuned ROUGE-L": round(i["tuned"]["rouge_l"], 3), "tuned exact": int(i["tuned"]["exact_match"]),
+        f"{base} answer": i["base"]["answer"], f"{base} F1": round(i["base"]["token_f1"], 3),
+        f"{tuned} answer": i["tuned"]["answer"], f"{tuned} F1": round(i["tuned"]["token_f1"], 3),
+        f"{tuned} ROUGE-L": round(i["tuned"]["rouge_l"], 3), f"{tuned} exact": int(i["tuned"]["exact_match"]),
     } for i in ev.results()])
 
 
@@ -73,10 +97,13 @@ def compare_frame(ws: Workspace, ev: Evaluation) -> pd.DataFrame:
     return pd.DataFrame(compare(ws, ev.golden_hash))
 
 
-def _pair_view(pairs: list[dict], index: int) -> tuple[str, str, str, str]:
+def _pair_view(pairs: list[dict], index: int, ev: Evaluation | None = None) -> tuple[str, str, str, str]:
     tally = ab_tally(pairs)
     progress = (f"{tally['voted']} of {tally['total']} voted. So far: tuned {tally['tuned']}, base {tally['base']}, "
                 f"tie {tally['tie']}.")
+    if ev is not None and ev.kind == KIND:
+        so_far = win_rate({**ev.summary, "ab": tally})["text"]
+        progress = f"{tally['voted']} of {tally['total']} voted. So far: {so_far}."
     if index >= len(pairs):
         return "**All pairs voted.** " + progress, "", "", progress
     pair = pairs[index]
@@ -103,7 +130,12 @@ def build(ws: Workspace) -> None:
                             info="The longest answer each model may give (about 3/4 of a word per token).")
         heldout_rows = gr.Slider(1, 500, value=50, step=1, label="Held-out rows for the loss",
                                  info="How many held-out rows to measure loss and perplexity on (more = slower).")
-    go = gr.Button("Evaluate", variant="primary")
+    with gr.Row():
+        go = gr.Button("Evaluate", variant="primary", scale=2)
+        against = gr.Dropdown(label="Did it help? Compare with run", choices=finished_runs(ws), value=None, scale=2,
+                              info="Empty: the run it was continued from (--from). Both runs answer the golden "
+                                   "set; then vote blind between their answers below.")
+        versus = gr.Button("Compare with the earlier run", scale=1)
     summary = gr.Markdown(elem_id="eval-summary")
     results = gr.Dataframe(label="Every question: both answers and their scores", wrap=True, interactive=False)
     compared = gr.Dataframe(label="All runs evaluated on this same golden set", wrap=True, interactive=False)
@@ -127,6 +159,12 @@ def build(ws: Workspace) -> None:
             vote_tie = gr.Button("About the same")
             vote_b = gr.Button("B is better")
         ab_progress = gr.Markdown()
+        with gr.Row():
+            ab_export_kind = gr.Radio(["preference", "kto"], value="preference", label="Dataset kind", scale=2,
+                                      info="Your votes (winner = chosen, loser = rejected), with the chat's "
+                                           "corrections (and thumbs, for KTO), as data for DPO/ORPO or KTO.")
+            ab_export = gr.Button("Make a preference dataset from the votes", scale=1)
+        ab_export_status = gr.Markdown(elem_id="eval-feedback-export")
 
     def load_sample():
         return pd.DataFrame([[i.question, i.reference] for i in read_golden(SAMPLE)],
@@ -160,6 +198,20 @@ def build(ws: Workspace) -> None:
         choices = evaluations(ws)
         return (*show(ev), gr.Dropdown(choices=choices, value=ev.id), gr.Dropdown(choices=choices, value=ev.id))
 
+    def run_versus(run_id, older, rows, tokens, progress=gr.Progress()):  # noqa: B008 (gradio API)
+        if not run_id:
+            raise gr.Error("Pick the new run first (e.g. the DPO run continued from an SFT run).")
+        try:
+            frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
+            golden = golden_from_rows(frame.values.tolist(), source="the golden set table")
+            ev = evaluate_versus(ws, run_id, golden, against=older or parent_of(ws, run_id),
+                                 golden_name="golden set from the Evaluate tab", max_new_tokens=int(tokens),
+                                 progress=lambda f, text: progress(f, desc=text))
+        except StudioError as exc:
+            raise gr.Error(str(exc)) from exc
+        choices = evaluations(ws)
+        return (*show(ev), gr.Dropdown(choices=choices, value=ev.id), gr.Dropdown(choices=choices, value=ev.id))
+
     def open_past(eval_id: str | None):
         if not eval_id:
             return gr.skip(), gr.skip(), gr.skip()
@@ -176,7 +228,7 @@ def build(ws: Workspace) -> None:
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
         index = next((n for n, p in enumerate(pairs) if p["vote"] is None), len(pairs))
-        return {"eval": eval_id, "index": index}, *_pair_view(pairs, index)
+        return {"eval": eval_id, "index": index}, *_pair_view(pairs, index, get_evaluation(ws, eval_id))
 
     def ab_cast(choice: str):
         def handler(state: dict):
@@ -191,17 +243,22 @@ def build(ws: Workspace) -> None:
                 raise gr.Error(str(exc)) from exc
             pairs = ab_pairs(ws, state["eval"])
             index = next((n for n, p in enumerate(pairs) if p["vote"] is None), len(pairs))
-            return {"eval": state["eval"], "index": index}, *_pair_view(pairs, index)
+            return {"eval": state["eval"], "index": index}, *_pair_view(pairs, index, get_evaluation(ws, state["eval"]))
         return handler
 
     refresh.click(lambda: (gr.Dropdown(choices=finished_runs(ws)), gr.Dropdown(choices=evaluations(ws)),
-                           gr.Dropdown(choices=evaluations(ws))), None, [run, past, ab_eval], api_name="eval_refresh")
+                           gr.Dropdown(choices=evaluations(ws)), gr.Dropdown(choices=finished_runs(ws))), None,
+                  [run, past, ab_eval, against], api_name="eval_refresh")
     sample.click(load_sample, None, table, api_name="eval_sample")
     upload.upload(load_upload, [upload], table, api_name="eval_upload")
     go.click(run_evaluation, [run, source, table, max_new, heldout_rows], [summary, results, compared, past, ab_eval],
              api_name="eval_run")
+    versus.click(run_versus, [run, against, table, max_new], [summary, results, compared, past, ab_eval],
+                 api_name="eval_versus")
     past.change(open_past, [past], [summary, results, compared], api_name="eval_open")
     ab_outputs = [ab_state, ab_question, ab_a, ab_b, ab_progress]
+    ab_export.click(lambda kind: export_markdown(ws, kind), [ab_export_kind], ab_export_status,
+                    api_name="eval_feedback_export")
     ab_start.click(ab_begin, [ab_eval], ab_outputs, api_name="eval_ab_start")
     vote_a.click(ab_cast("a"), [ab_state], ab_outputs, api_name="eval_ab_vote_a")
     vote_b.click(ab_cast("b"), [ab_state], ab_outputs, api_name="eval_ab_vote_b")
@@ -210,5 +267,7 @@ def build(ws: Workspace) -> None:
     run.attach_load_event(lambda: gr.Dropdown(choices=finished_runs(ws)), None)
     run.focus(lambda: gr.Dropdown(choices=finished_runs(ws)), None, run, show_progress="hidden",
               api_visibility="private")
+    against.focus(lambda: gr.Dropdown(choices=finished_runs(ws)), None, against, show_progress="hidden",
+                  api_visibility="private")
     for listing in (past, ab_eval):
         listing.attach_load_event(lambda: gr.Dropdown(choices=evaluations(ws)), None)

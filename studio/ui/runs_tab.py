@@ -15,6 +15,7 @@ from studio.core.errors import StudioError
 from studio.core.workspace import Workspace
 from studio.training import runs, scheduler, submit, summary
 from studio.training.folder import TERMINAL_STATES
+from studio.training.lineage import lineage_text
 
 POLL_S = 2.0
 STATUS_COLOURS = {"queued": "#8a8f98", "running": "#4f46e5", "succeeded": "#15803d", "failed": "#b91c1c",
@@ -72,6 +73,9 @@ def loss_frame(curves: dict) -> pd.DataFrame:
     rows = [{"step": e["step"], "loss": e["loss"], "curve": "training loss"}
             for e in curves["steps"] if e.get("loss") is not None]
     rows += [{"step": e["step"], "loss": e["eval_loss"], "curve": "held-out loss"} for e in curves["evals"]]
+    for key, name in (("reward_margin", "reward margin (DPO/ORPO/KTO, higher is better)"),
+                      ("reward_accuracy", "prefers the chosen answer (share)")):
+        rows += [{"step": e["step"], "loss": e[key], "curve": name} for e in curves["steps"] if e.get(key) is not None]
     return pd.DataFrame(rows, columns=["step", "loss", "curve"]).astype({"step": "int64", "loss": "float64"})
 
 
@@ -88,6 +92,16 @@ def status_markdown(ws: Workspace, run: runs.Run, curves: dict) -> str:
         ids = [r.id for r in runs.queue(ws)]
         ahead = (ids.index(run.id) if run.id in ids else 0) + len(runs.list_runs(ws, "running"))
         lines.append(f"Waiting for the device: {ahead} run(s) before it.")
+    objective = run.config.get("objective", "sft")
+    manifest = run.folder.read_manifest()
+    lines.append(f"Method **{objective.upper()}** · {lineage_text(manifest, ws)}")
+    marked = [e for e in curves["steps"] if e.get("reward_margin") is not None]
+    if marked:
+        first, last = marked[0], marked[-1]
+        lines.append(f"Reward margin {first['reward_margin']:+.3f} → **{last['reward_margin']:+.3f}** (chosen "
+                     f"{last['reward_chosen']:+.3f}, rejected {last['reward_rejected']:+.3f})"
+                     + (f" · prefers the chosen answer {first['reward_accuracy']:.0%} → "
+                        f"**{last['reward_accuracy']:.0%}**" if last.get("reward_accuracy") is not None else ""))
     for note in ([run.notice] if run.notice else []) + curves["notices"]:
         lines.append(f"> ℹ️ {note}")
     if run.error:

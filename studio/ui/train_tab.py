@@ -162,21 +162,30 @@ def apply_changes(changes: dict, *values: Any) -> list[Any]:
     return [_to_control(n, changes[n]) if n in changes else v for n, v in zip(PRESET_FIELDS, values, strict=True)]
 
 
-def show_command(dataset: str | None, model: str, preset: str, name: str, *values: Any) -> str:
+def show_command(dataset: str | None, model: str, preset: str, name: str, *values: Any,
+                 from_run: str | None = None) -> str:
     try:
         cfg, overrides = _config(dataset, model, preset, list(values))
     except StudioError as exc:
         _fail(exc)
-    return submit.command_line(cfg.base_model, cfg.dataset_id, preset, overrides, (name or "").strip() or None)
+    return submit.command_line(cfg.base_model, cfg.dataset_id, preset, overrides, (name or "").strip() or None,
+                               from_run or None)
+
+
+def parent_choices(ws: Workspace) -> list[tuple[str, str]]:
+    """Runs with an adapter to continue from (SFT first, then DPO from it)."""
+    found = [r for r in runs.list_runs(ws) if r.status in ("succeeded", "cancelled") and r.folder.has_adapter()]
+    return [("none: a fresh adapter", "")] + [
+        (f"{r.id} · {r.config.get('objective', 'sft')} · {r.name}", r.id) for r in found]
 
 
 def start(ws: Workspace, dataset: str | None, model: str, preset: str, name: str, force: bool,
-          *values: Any) -> tuple[str, str]:
+          *values: Any, from_run: str | None = None) -> tuple[str, str]:
     """Freeze the settings into a new run and queue it; the background scheduler starts it."""
     try:
         cfg, overrides = _config(dataset, model, preset, list(values))
         run = submit.submit(ws, cfg, preset=preset, overrides=overrides, name=(name or "").strip() or None,
-                          force=bool(force))
+                            force=bool(force), from_run=from_run or None)
     except StudioError as exc:
         _fail(exc)
     ahead = len(runs.queue(ws)) - 1 + len(runs.list_runs(ws, "running"))
@@ -204,7 +213,12 @@ def build(ws: Workspace) -> None:
             preset = gr.Dropdown(label="Preset", choices=preset_names(), value=DEFAULT_PRESET,
                                  info="A tested set of settings; the settings below show its values.")
             about_preset = gr.Markdown(preset_text(DEFAULT_PRESET))
-    name = gr.Textbox(label="Run name (optional)", info="To recognise the run later, e.g. 'support answers v2'.")
+    with gr.Row():
+        name = gr.Textbox(label="Run name (optional)", info="To recognise the run later, e.g. 'support answers v2'.")
+        from_run = gr.Dropdown(label="Continue from run (optional)", choices=parent_choices(ws), value="",
+                               info="Start from an earlier run's adapter instead of a fresh one: SFT first, then "
+                                    "DPO/KTO on your feedback from it. The method is in the settings (objective) "
+                                    "and the dpo, orpo and kto presets.")
     with gr.Accordion("Settings (the preset's values; change any of them)", open=False):
         initial = load_preset(DEFAULT_PRESET).values()
         controls = []
@@ -237,9 +251,12 @@ def build(ws: Workspace) -> None:
     fit.click(lambda d, m, p, *v: check_fit(ws, d, m, p, *v), [dataset, model, preset, *controls],
               [fit_text, changes], api_name="train_fit_check")
     apply.click(apply_changes, [changes, *controls], controls, api_name="train_apply_change")
-    command.click(show_command, [dataset, model, preset, name, *controls], cli, api_name="train_command")
-    go.click(lambda d, m, p, n, f, *v: start(ws, d, m, p, n, f, *v), [dataset, model, preset, name, force, *controls],
-             [started, current], api_name="train_start")
+    command.click(lambda d, m, p, n, fr, *v: show_command(d, m, p, n, *v, from_run=fr),
+                  [dataset, model, preset, name, from_run, *controls], cli, api_name="train_command")
+    go.click(lambda d, m, p, n, f, fr, *v: start(ws, d, m, p, n, f, *v, from_run=fr),
+             [dataset, model, preset, name, force, from_run, *controls], [started, current], api_name="train_start")
+    from_run.focus(lambda: gr.Dropdown(choices=parent_choices(ws)), None, from_run, show_progress="hidden",
+                   api_visibility="private")
     shown = gr.State(None)  # the finished run whose page this browser already shows
     timer.tick(lambda run_id, key: poll_view(ws, run_id or default_run(ws), key, len(page)), [current, shown],
                [*page, shown], show_progress="hidden")

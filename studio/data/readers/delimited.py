@@ -1,5 +1,7 @@
-"""CSV and TSV: the delimiter and header sniffed, read by Arrow's CSV reader with every cell as text;
-a ragged row is refused with its number and the likely cause (a delimiter inside an unquoted cell)."""
+"""CSV and TSV: the delimiter and header sniffed, read by Arrow's CSV reader with every cell as text.
+A few ragged rows (more or fewer cells than the header) are set aside for rejected.csv with their number;
+a file where half the rows or more are ragged is refused with the likely cause (a delimiter inside an
+unquoted cell, or the wrong delimiter)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from studio.data.table import (
 
 CSV_BLOCK_BYTES = 16 << 20  # one CSV row may not be longer than this (a "CSV bomb" of giant fields)
 _DELIMITERS = [",", ";", "\t", "|"]
+RAGGED_TEXT_CHARS = 2000  # of a ragged row's text kept for rejected.csv
 
 
 def read(path: Path, name: str, head: bytes, fmt: str, *, sheet: str | None = None,
@@ -49,7 +52,7 @@ def read(path: Path, name: str, head: bytes, fmt: str, *, sheet: str | None = No
     ragged: list[tuple[int | None, int, str]] = []
 
     def on_bad_row(row) -> str:
-        ragged.append((row.number, row.actual_columns, row.text[:80]))
+        ragged.append((row.number, row.actual_columns, row.text[:RAGGED_TEXT_CHARS]))
         return "skip"
 
     parse_options = pacsv.ParseOptions(
@@ -79,22 +82,27 @@ def read(path: Path, name: str, head: bytes, fmt: str, *, sheet: str | None = No
                 ragged.clear()
                 continue
             raise _explain_csv_error(exc, name, encoding) from exc
-    if ragged:
+    records = len(table) + len(ragged)  # the header record included, when there is one
+    if ragged and len(ragged) * 2 >= records - (1 if has_header else 0):
         number, got, text = ragged[0]
         where = f"Row {number}" if number else "A row"
         more = f" {len(ragged) - 1} more rows are like it." if len(ragged) > 1 else ""
         raise InvalidInput(
-            f"{where} of '{name}' has {got} cells where the header has {len(names)} ({text!r}).{more}",
+            f"{where} of '{name}' has {got} cells where the header has {len(names)} ({text[:80]!r}).{more}",
             f"A text cell probably contains the delimiter {delimiter!r} without quotes around it: put quotes around "
             "such cells, or save the sheet again from Excel, which quotes them for you.",
         )
-    start = 1 if has_header else 0
+    # a minority of ragged rows: set aside with the reason (they go to rejected.csv), the rest is read;
+    # the kept rows keep their own record numbers (header = 1), the ragged ones counted out
+    numbers = np.setdiff1d(np.arange(1, records + 1, dtype=np.int64), [n for n, _, _ in ragged])
     if has_header:
         table = table.slice(1)  # the header record, read as data because the names were given
-    rows = np.arange(len(table), dtype=np.int64) + start + 1
+        numbers = numbers[1:]
     frame = table.to_pandas()
-    return SourceTable(frame=frame, rows=rows, name=name, format=fmt, encoding=encoding.replace("-sig", " (BOM)"),
-                       delimiter=delimiter, header=has_header)
+    unreadable = [(int(n), f"row {n} has {got} field{'s' if got != 1 else ''} where the header has {len(names)}",
+                   text) for n, got, text in ragged]
+    return SourceTable(frame=frame, rows=numbers, name=name, format=fmt, encoding=encoding.replace("-sig", " (BOM)"),
+                       delimiter=delimiter, header=has_header, unreadable=unreadable)
 
 
 def _sniff_delimiter(sample: str) -> str:
