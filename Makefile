@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # finds a local CPU build of the same version (as our CI does), that one is taken.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: run test install install-dev browser-deps lint clean
+.PHONY: run test install install-dev browser-deps engines lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,12 @@ install-dev: $(VENV)/.installed-dev
 run: install
 	$(PY) app.py
 
-test: install-dev browser-deps
+# The real-engine tests (tests/test_publish_vllm.py) need vLLM in its own environment: built once per
+# machine by the studio's own code path (~2.5 min), reused while its version is unchanged.
+engines: install
+	$(VENV)/bin/studio engines install vllm
+
+test: install-dev browser-deps engines
 	$(PY) -m pytest -q
 
 lint: install-dev

@@ -10,6 +10,11 @@ batch for N clients (the best a single `generate` call can do; it cannot admit r
     python bench/endpoint_latency.py                                   # demo-tiny on this CPU
     python bench/endpoint_latency.py --shape llama-1b --device cuda    # random-weight Llama-3.2-1B shape
     python bench/endpoint_latency.py --requests 8 --max-new-tokens 16  # quick (its test)
+    python bench/endpoint_latency.py --vllm                            # + vLLM (`studio engines install vllm`)
+
+With --vllm, the same base + adapter is also served by a real vLLM server (the studio's engine environment,
+the argv of studio/serving/engines/vllm.py, the adapter as a LoRA module) and the same clients stream the
+same raw prompts from its /v1/completions.
 
 Writes --out/results.json and prints a markdown table for bench/RESULTS.md.
 """
@@ -218,6 +223,71 @@ def start_endpoint(base: Path, adapter: Path, port: int, threads: int, log: Path
     raise RuntimeError("endpoint did not start")
 
 
+def vllm_run(url: str, texts: list[str], clients: int, max_new: int) -> dict:
+    """The same measurement against vLLM: streamed /v1/completions of the same rendered prompts."""
+    import threading
+
+    import httpx
+
+    local = threading.local()
+
+    def one(text: str) -> tuple[float, float, int]:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(timeout=600)
+        body = {"model": "tuned", "prompt": _chat(text), "max_tokens": max_new, "temperature": 0, "stream": True,
+                "stream_options": {"include_usage": True}}
+        start = time.perf_counter()
+        first, n = None, 0
+        with local.client.stream("POST", url + "/v1/completions", json=body) as response:
+            for line in response.iter_lines():
+                if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[5:])
+                if chunk.get("usage"):
+                    n = chunk["usage"]["completion_tokens"]
+                elif chunk.get("choices") and chunk["choices"][0].get("text"):
+                    first = first or time.perf_counter()
+        end = time.perf_counter()
+        return (first or end) - start, end - (first or end), n
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, texts[:clients]))
+        started = time.perf_counter()
+        results = list(pool.map(one, texts))
+    wall = time.perf_counter() - started
+    tokens = sum(r[2] for r in results)
+    per_request = [(n - 1) / rest for _, rest, n in results if n > 1 and rest > 0]
+    return {"ttft_ms": _ms([r[0] for r in results]), "tokens": tokens, "wall_s": round(wall, 3),
+            "tokens_per_s": round(tokens / wall, 1),
+            "per_request_tokens_per_s": round(statistics.median(per_request), 1) if per_request else None}
+
+
+def start_vllm(base: Path, adapter: Path, port: int, log: Path) -> subprocess.Popen:
+    """vLLM from the studio's engine environment, with the argv and environment the studio uses."""
+    import httpx
+
+    from studio.serving.engines.manage import require_engine
+    from studio.serving.engines.vllm import server_argv, server_env
+
+    engine = require_engine("vllm")
+    argv = server_argv(engine, str(base), "base", port, lora=True, max_lora_rank=16, max_model_len=512)
+    argv += ["--lora-modules", f"tuned={adapter}"]
+    proc = subprocess.Popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,
+                            env={**os.environ, **server_env(engine, str(base))})
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(log.read_text()[-3000:])
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError("vLLM did not start")
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="demo-tiny", choices=["demo-tiny", *SHAPES])
@@ -228,6 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads, the same in both (default 1)")
     p.add_argument("--port", type=int, default=18931)
     p.add_argument("--out", default=None, help="folder for results.json (default: a temporary one)")
+    p.add_argument("--vllm", action="store_true", help="also measure a vLLM server on the same model")
     args = p.parse_args(argv)
     import torch
     from transformers import AutoTokenizer
@@ -251,6 +322,16 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+    if args.vllm:
+        proc = start_vllm(base, adapter, args.port + 1, out / "vllm.log")
+        try:
+            for n in clients:
+                rows.append({"path": "vLLM-CPU over HTTP" if args.device == "cpu" else "vLLM over HTTP",
+                             "clients": n,
+                             **vllm_run(f"http://127.0.0.1:{args.port + 1}", texts, n, args.max_new_tokens)})
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
     facts = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "shape": args.shape, "device": args.device,
         "machine": _machine(args.device), "threads": args.threads, "requests": args.requests,

@@ -11,8 +11,10 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 from conftest import free_port
+from device import PUBLISH_VERDICTS
 
 from studio.core.errors import InvalidInput, ModelUnavailable
 from studio.publishing import deployments, pipeline
@@ -44,12 +46,16 @@ def test_publish_locally_verify_replace_and_roll_back_from_the_cli(trained_run, 
     out = studio(ws, "publish", run_id, "--name", "e2e", "--json")
     assert out.returncode == 0, out.stderr
     first = json.loads(out.stdout)
-    assert first["status"] == "healthy" and first["verification"]["verdict"] == "passed", first["verification"]
+    assert first["status"] == "healthy" and first["verification"]["verdict"] in PUBLISH_VERDICTS, first["verification"]
     assert first["slot"] == "local:e2e" and first["model_version"].startswith(f"{run_id}@")
     items = first["verification"]["items"]
-    assert len(items) == 3 and all(i["match"] and i["endpoint_finish"] != "length" for i in items)
+    assert len(items) >= 1 and all(i["match"] and i["endpoint_finish"] != "length" for i in items)
     assert "%" in out.stderr  # progress was shown
     assert first["curl"].startswith(f"curl {first['url']}/v1/chat/completions")
+    # served under the run's name, not the export folder's path; /v1/models lists that name
+    name = finished_run(ws, run_id).adapter_name
+    assert first["model_name"] == name and "/" not in name
+    assert [m["id"] for m in httpx.get(first["url"] + "/v1/models").json()["data"]] == [name]
 
     # the published endpoint answers like the studio model, through the client everything uses
     reply = InferenceClient(base_url=first["url"]).chat_completion(
@@ -64,6 +70,8 @@ def test_publish_locally_verify_replace_and_roll_back_from_the_cli(trained_run, 
     assert second["status"] == "healthy" and second["previous_id"] == first["id"]
     assert second["model_version"] != first["model_version"]
     assert deployments.get_deployment(ws, first["id"]).status == "replaced"
+    assert second["model_name"] == name  # the adapter under the run's name, the base under its catalog name
+    assert [m["id"] for m in httpx.get(second["url"] + "/v1/models").json()["data"]] == ["demo-tiny", name]
 
     out = studio(ws, "deployments", "rollback", "local:e2e", "--json")
     assert out.returncode == 0, out.stderr
@@ -114,13 +122,13 @@ def test_verification_catches_a_planted_template_mismatch(trained_run, cleanup, 
 def test_verification_catches_an_endpoint_that_ignores_the_adapter(trained_run, cleanup):
     """Like TGI with an adapter it does not know: the base model answers under the adapter's name."""
     ws, run_id = trained_run.ws, trained_run.run_id
-    server = launch.start_endpoint(ws, "demo-tiny", None, name="base-only", timeout=120,
-                                      extra_args=["--served-name", run_id])
+    name = finished_run(ws, run_id).adapter_name  # the run's name: what publishing serves the adapter as
+    server = launch.start_endpoint(ws, "demo-tiny", None, name="base-only", timeout=120, served_name=name)
     dep = pipeline.publish(ws, run_id, "remote", {"url": server.url, "merged": False})
     assert dep.status == "unhealthy"
     assert "adapter" in dep.verification["causes"]
     assert "adapter is not applied" in dep.verification["summary"]
-    assert dep.options["details"]["engine"] == "tgi" and run_id in dep.options["details"]["models"]
+    assert dep.options["details"]["engine"] == "tgi" and name in dep.options["details"]["models"]
     assert any(i["cause"] == "adapter" and i["endpoint"].strip() == i["base"] for i in dep.verification["items"])
 
 
@@ -156,7 +164,7 @@ def test_a_wrong_api_key_is_refused_with_the_fix(trained_run):
     finally:
         server.shutdown()
     assert out.returncode == 2
-    assert f"error: The server at {url} refused the API key (HTTP 401)." in out.stderr
+    assert f"error: The server at {url} refused the API key (HTTP 401 on /" in out.stderr
     assert "wrong-key" not in json.dumps([d.to_dict() for d in deployments.list_deployments(trained_run.ws)])
 
 

@@ -1,4 +1,4 @@
-"""`studio publish RUN --target local|tgi-docker|remote|hub|inference-endpoint [options]`: export,
+"""`studio publish RUN --target local|vllm|tgi-docker|vllm-docker|sglang-docker|remote|hub|inference-endpoint`: export,
 deploy, verify and record, as the Publish tab's button does. `--dry-run` shows the plan only.
 
 Exit codes: 0 published (healthy, or waiting for you to start it), 3 published but the verification
@@ -10,28 +10,29 @@ targets that have it, and a flag the chosen target lacks is refused with a messa
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from studio.cli import Output
 
-TARGETS = ("local", "tgi-docker", "remote", "hub", "inference-endpoint")
+TARGETS = ("local", "vllm", "tgi-docker", "vllm-docker", "sglang-docker", "remote", "hub", "inference-endpoint")
 # flag -> (type, help). Mirrors the target option models' fields; the models validate the values.
 FLAGS: dict[str, tuple[type, str]] = {
-    "name": (str, "local / tgi-docker: a name for the deployment (publishing again under it replaces); "
-                  "inference-endpoint: the endpoint's name"),
-    "port": (int, "local: the port here; tgi-docker: the host port mapped to TGI's port 80 (default 8080)"),
+    "name": (str, "local / *-docker: a name for the deployment (publishing again under it replaces); "
+                  "vllm: the name clients ask for (default: the run's name); inference-endpoint: its name"),
+    "port": (int, "local / vllm: the port here; *-docker: the host port mapped to the container's (TGI 80, "
+                  "vLLM 8000, SGLang 30000)"),
+    "max_model_len": (int, "vllm: --max-model-len, prompt + answer tokens (default: derived from the data)"),
     "quantize": (str, "local: none|4bit; tgi-docker: a TGI --quantize value (bitsandbytes-nf4, awq, ...)"),
-    "image": (str, "tgi-docker / inference-endpoint: the TGI image"),
-    "tag": (str, "tgi-docker / inference-endpoint: the TGI image tag"),
-    "gpus": (str, "tgi-docker: Docker's --gpus value ('all', a count, 'device=0'; '' for none)"),
-    "host": (str, "tgi-docker: the address the port is published on (default 127.0.0.1)"),
+    "image": (str, "*-docker: the engine image; inference-endpoint: the TGI image"),
+    "tag": (str, "*-docker: the engine image tag; inference-endpoint: the TGI image tag"),
+    "gpus": (str, "*-docker: Docker's --gpus value ('all', a count, 'device=0'; '' for none)"),
+    "host": (str, "*-docker: the address the port is published on (default 127.0.0.1)"),
     "max_input_tokens": (int, "tgi-docker: override the prompt limit derived from the data"),
-    "max_total_tokens": (int, "tgi-docker: override the prompt + answer limit derived from the data"),
-    "timeout": (float, "tgi-docker / remote / inference-endpoint: seconds to wait"),
+    "max_total_tokens": (int, "*-docker: override the prompt + answer limit derived from the data"),
+    "timeout": (float, "vllm / *-docker / remote / inference-endpoint: seconds to wait"),
     "url": (str, "remote: the server's address, like http://host:8080"),
-    "api_key": (str, "remote: the server's API key (never stored)"),
-    "model_name": (str, "remote: the name the server knows the adapter or model by (default: the run id)"),
+    "api_key": (str, "remote: the server's API key; *-docker: the key the server will require (never stored)"),
+    "model_name": (str, "remote: the name the server knows the adapter or model by (default: the run's name)"),
     "engine": (str, "remote: auto|tgi|vllm|sglang"),
     "repo_id": (str, "hub / inference-endpoint: the model repo, 'name' or 'org/name'"),
     "token": (str, "hub / inference-endpoint: a Hub token with write access (default: HF_TOKEN; never stored)"),
@@ -105,9 +106,6 @@ def run(args, ws) -> Output:
     return finish(args, dep.to_dict() | {"curl": curl_example(dep)}, format_deployment(dep), dep.status)
 
 
-def finish(args, data: dict, text: str, status: str) -> Output | None:
-    """The result; an unhealthy deployment is printed and exits with code 3, so scripts notice."""
-    if status != "unhealthy":
-        return Output(data, text)
-    print(json.dumps(data, indent=2, default=str) if args.json else text)
-    raise SystemExit(3)
+def finish(args, data: dict, text: str, status: str) -> Output:
+    """The result; an unhealthy deployment exits with code 3, so scripts notice."""
+    return Output(data, text, code=3 if status == "unhealthy" else 0)

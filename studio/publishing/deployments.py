@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from studio.core import procs
+from studio.core import access, procs
 from studio.core.db import now
 from studio.core.errors import NotFound
 from studio.core.states import Machine
@@ -62,6 +62,7 @@ class Deployment:
     previous_id: str | None = None
     error: str | None = None
     updated_at: str | None = None
+    created_by: str | None = None  # the account that published it (the machine's user from the CLI)
 
     @classmethod
     def from_row(cls, row: dict) -> Deployment:
@@ -90,6 +91,7 @@ def _to_row(values: dict[str, Any]) -> dict[str, Any]:
 def create(ws: Workspace, *, run_id: str, target: str, slot: str, **fields: Any) -> Deployment:
     """A new deployment, "publishing", owned by this process until it is recorded."""
     owner_pid, owner_start = procs.own_identity()
+    fields.setdefault("created_by", access.current().name)
     with ws.db() as db:
         dep_id = _new_id()
         while db.execute("SELECT 1 FROM deployments WHERE id = ?", [dep_id]).fetchone():

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from studio.core import procs
+from studio.core import access, procs
 from studio.core.db import now, seconds_since
 from studio.core.errors import InvalidInput, NotFound, ResourceError, StudioError
 from studio.core.files import new_folder, read_json, read_jsonl
@@ -145,8 +145,12 @@ def start_export(
     card: dict | None = None,
     shard_size: str = "2GB",
     max_new_tokens: int | None = None,
+    prompts_from: dict | None = None,
 ) -> Export:
-    """Start the export process for a finished run; returns at once (status 'running')."""
+    """Start the export process for a finished run; returns at once (status 'running').
+    prompts_from: where the prompts come from (the golden set itself, or validation rows), kept in
+    reference.json and so in every verification made with this export."""
+    access.require(ws, "export")
     if kind not in KINDS:
         raise InvalidInput(f"'{kind}' is not a kind of export.", "Choose 'merged' or 'adapter'.")
     from studio.models.resolve import resolve
@@ -159,7 +163,7 @@ def start_export(
         "export_id": export_id, "run_id": source.run_id, "kind": kind,
         "base_source": resolve(ws, source.base_model).source, "adapter_dir": str(source.adapter_dir),
         "prompts": prompts, "expected": expected or [], "card": card or {}, "shard_size": shard_size,
-        "max_new_tokens": max_new_tokens,
+        "max_new_tokens": max_new_tokens, "prompts_from": prompts_from,
         "reference_from": recorded_reference(ws, source.run_id, prompts, max_new_tokens),
     }
     (folder / "job.json").write_text(json.dumps(job, indent=2), encoding="utf-8")

@@ -2,7 +2,8 @@
 
 Reads EXPORT_DIR/job.json, loads the base model in 16-bit or wider (its own dtype: bf16 stays bf16,
 never 4-bit) with the run's adapter, records the studio model's greedy replies to the verification
-prompts (tuned and base), then writes EXPORT_DIR/model/: the adapter alone or the merged weights as
+prompts (tuned and base) and the replies of the model the expert used in Chat (4-bit base + adapter for a
+QLoRA run on a GPU; elsewhere the same model), then writes EXPORT_DIR/model/: the adapter alone or the merged weights as
 sharded safetensors, the tokenizer with the chat template it was trained with, a generation_config.json
 whose EOS ids include the template's end-of-turn token, and a model card. Progress goes to
 events.jsonl, the outcome to status.json; it never touches SQLite.
@@ -10,7 +11,6 @@ events.jsonl, the outcome to status.json; it never touches SQLite.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -20,8 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
-DISK_FULL_TEXTS = ("no space left", "file too large", "disk quota", "os error 28", "os error 27", "os error 122")
+from studio.core.files import is_disk_full
 
 
 class Job:
@@ -127,6 +126,7 @@ def greedy(model, tokenizer, messages, max_new_tokens: int, eos: list[int], pad:
         "text": tokenizer.decode(new, skip_special_tokens=True).strip(),
         "finish": "eos" if ended else "length",
         "tokens": len(new),
+        "ids": new,  # compared with a server's token ids (vLLM's return_token_ids): exact, unlike text
         "prompt_tokens": int(enc["input_ids"].shape[1]),
         "prompt_text": prompt,
     }
@@ -151,11 +151,54 @@ def record_references(job: Job, model, tokenizer, eos: list[int], pad: int, dtyp
         expected = (spec.get("expected") or [None] * len(prompts))[i]
         references.append({"messages": messages, "expected": expected, "prompt_text": tuned.pop("prompt_text"),
                            "prompt_tokens": tuned.pop("prompt_tokens"), "tuned": tuned,
-                           "base": {k: plain[k] for k in ("text", "finish", "tokens")}})
+                           "base": {k: plain[k] for k in ("text", "finish", "tokens", "ids")}})
         job.event("reference", 0.15 + 0.3 * (i + 1) / len(prompts),
                   f"studio reply {i + 1}/{len(prompts)}: {tuned['tokens']} tokens, {tuned['finish']}")
+    chat = record_chat_replies(job, references, tokenizer, eos, pad, budget, dtype_name)
     (job.folder / "reference.json").write_text(json.dumps(
-        {"max_new_tokens": budget, "eos_ids": eos, "dtype": dtype_name, "prompts": references}, indent=2))
+        {"max_new_tokens": budget, "eos_ids": eos, "dtype": dtype_name, "chat_precision": chat,
+         "prompts_from": spec.get("prompts_from"), "prompts": references}, indent=2))
+
+
+def chat_precision(spec: dict) -> tuple[str, str]:
+    """(quantize, dtype) the Chat tab serves this run in, as serving/launch.start_for_run and
+    serving/server/model.load choose them: a QLoRA run's base in 4-bit on CUDA, else the widest fast dtype."""
+    import torch
+    import yaml
+
+    config = Path(spec["adapter_dir"]).parent / "config.yaml"
+    method = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("method") if config.exists() else None
+    cuda = torch.cuda.is_available()
+    dtype = "float32" if not cuda else "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return ("4bit" if method == "qlora" and cuda else "none"), dtype
+
+
+def record_chat_replies(job: Job, references: list[dict], tokenizer, eos: list[int], pad: int, budget: int,
+                        dtype_name: str) -> str:
+    """Each prompt's reply from the model the expert used in Chat, into references[i]["chat"]; returns its
+    precision ("nf4-4bit+bfloat16", "float32"). When that is the export's own precision it is the same model:
+    its replies are the ones just recorded."""
+    quantize, dtype = chat_precision(job.spec)
+    precision = f"nf4-4bit+{dtype}" if quantize == "4bit" else dtype
+    if precision == dtype_name:
+        for ref in references:
+            ref["chat"] = {k: ref["tuned"][k] for k in ("text", "finish", "tokens", "ids")}
+        return precision
+    import torch
+
+    from studio.serving.server.model import load
+
+    job.event("reference", 0.46, f"loading the Chat model ({precision} base + adapter) for its replies")
+    served = load(job.spec["base_source"], {"tuned": job.spec["adapter_dir"]}, quantize=quantize, dtype=dtype)
+    for i, ref in enumerate(references):
+        reply = greedy(served.model, tokenizer, ref["messages"], budget, eos, pad)
+        ref["chat"] = {k: reply[k] for k in ("text", "finish", "tokens", "ids")}
+        job.event("reference", 0.46 + 0.03 * (i + 1) / len(references),
+                  f"Chat reply {i + 1}/{len(references)}: {reply['tokens']} tokens, {reply['finish']}")
+    del served
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return precision
 
 
 def run(job: Job) -> None:
@@ -184,7 +227,9 @@ def run(job: Job) -> None:
         model = PeftModel.from_pretrained(base, spec["adapter_dir"]).eval()
         job.event("load", 0.15, f"loaded; end-of-sequence ids {eos}")
     if reused:
-        shutil.copyfile(reused, job.folder / "reference.json")
+        recorded = json.loads(Path(reused).read_text(encoding="utf-8"))
+        recorded["prompts_from"] = spec.get("prompts_from") or recorded.get("prompts_from")
+        (job.folder / "reference.json").write_text(json.dumps(recorded, indent=2))
         job.event("reference", 0.45, f"reusing the studio model's replies recorded in {reused}")
     else:
         record_references(job, model, tokenizer, eos, pad, dtype_name)
@@ -225,8 +270,7 @@ def classify(exc: BaseException) -> tuple[str, str]:
     text = str(exc)
     if isinstance(exc, ExportError):
         return exc.message, exc.fix
-    if (isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS) or any(
-            t in text.lower() for t in DISK_FULL_TEXTS):
+    if is_disk_full(exc):
         return (f"The disk filled up while the export was written ({text.strip().splitlines()[-1][:200]}).",
                 "Free space on the workspace drive, or export the adapter alone (a few MB) instead of the "
                 "merged model.")

@@ -4,10 +4,12 @@ verify → record), reverify, and rollback (the slot's previous version, publish
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from studio.core import access, audit
 from studio.core.db import now
 from studio.core.errors import Conflict, StudioError
 from studio.publishing import deployments as registry
@@ -15,12 +17,13 @@ from studio.publishing.export import Export, get_export, reusable_export, start_
 from studio.publishing.source import RunSource, finished_run, run_metrics
 from studio.publishing.targets import make_target
 from studio.publishing.targets.base import Deployed, Plan
-from studio.publishing.verify import Served, verification_prompts, verify
+from studio.publishing.verify import Served, verification_set, verify
 
 if TYPE_CHECKING:
     from studio.core.workspace import Workspace
 
 Progress = Callable[[float, str], None]
+DOCKER_TARGETS = ("tgi-docker", "vllm-docker", "sglang-docker")  # container targets (targets/tgi_docker.py)
 
 
 def _quiet(fraction: float, message: str) -> None:
@@ -73,9 +76,10 @@ def ensure_export(ws: Workspace, source: RunSource, kind: str, progress: Progres
         if existing is not None:
             progress(1.0, f"using export {existing.id} ({existing.version})")
             return existing
-    prompts, expected = verification_prompts(ws, source)
+    prompts, expected, prompts_from = verification_set(ws, source)
     progress(0.0, f"starting the {kind} export of {source.run_id}")
-    export = start_export(ws, source, kind, prompts=prompts, expected=expected, card=card_facts(ws, source))
+    export = start_export(ws, source, kind, prompts=prompts, expected=expected, card=card_facts(ws, source),
+                          prompts_from=prompts_from)
     return wait_export(ws, export.id, progress=progress, timeout=timeout)
 
 
@@ -83,6 +87,7 @@ def publish(ws: Workspace, run_id: str, target: str = "local", options: dict | N
             progress: Progress = _quiet, fresh_export: bool = False) -> registry.Deployment:
     """Export (or reuse), deploy, verify, record. A failure of the deploy itself is recorded and raised;
     a failed verification is recorded as an unhealthy deployment (not raised)."""
+    access.require(ws, "publish", target=target)
     source = finished_run(ws, run_id)
     chosen = make_target(ws, target, options)
     plan = chosen.plan(source)  # validates what can be checked before the (long) export
@@ -92,6 +97,7 @@ def publish(ws: Workspace, run_id: str, target: str = "local", options: dict | N
                           model_version=export.version, export_hash=export.export_hash, export_id=export.id,
                           previous_id=previous.id if previous else None,
                           options={"options": chosen.options.public()})
+    audit.record(ws, "publish", dep.id, run=source.run_id, kind=chosen.kind, slot=plan.slot)
     return _deploy_and_verify(ws, dep, chosen, source, export, progress, replaces=previous)
 
 
@@ -100,7 +106,7 @@ def _deploy_and_verify(ws, dep, chosen, source, export, progress, replaces=None)
         deployed = chosen.deploy(source, export, _scaled(progress, 0.5, 0.85))
     except Exception as exc:
         registry.transition(ws, dep.id, "failed", expect=("publishing",), quiet=True, error=str(exc))
-        if replaces is not None and chosen.kind in ("local", "tgi-docker"):
+        if replaces is not None and chosen.kind in ("local", "vllm", *DOCKER_TARGETS):
             registry.replaced_if_gone(ws, replaces)
         raise
     if replaces is not None:  # quiet: a publish beside this one may have taken the slot from it already
@@ -124,7 +130,8 @@ def _served_dict(served: Served | None) -> dict | None:
     if served is None:
         return None
     return {"url": served.url, "model": served.model, "adapter_id": served.adapter_id,
-            "max_total_tokens": served.max_total_tokens, "api_key_set": bool(served.api_key)}
+            "max_total_tokens": served.max_total_tokens, "api_key_set": bool(served.api_key),
+            "token_ids": served.token_ids}
 
 
 def _record(ws: Workspace, dep_id: str, deployed: Deployed, export: Export, public: dict) -> registry.Deployment:
@@ -140,7 +147,7 @@ def _record(ws: Workspace, dep_id: str, deployed: Deployed, export: Export, publ
         status = "manual"
     else:
         try:
-            verification = verify(deployed.served, export.reference())
+            verification = verify(deployed.served, export.reference(), tokenizer_dir=str(export.model_dir))
         finally:
             if deployed.cleanup:
                 deployed.cleanup()
@@ -148,7 +155,7 @@ def _record(ws: Workspace, dep_id: str, deployed: Deployed, export: Export, publ
         status = "healthy" if verification["healthy"] else "unhealthy"
     current = registry.get_deployment(ws, dep_id)
     kept = current.options  # e.g. rollback_of
-    if deployed.served is not None and current.target in ("tgi-docker", "remote", "inference-endpoint"):
+    if deployed.served is not None and current.target in (*DOCKER_TARGETS, "remote", "inference-endpoint"):
         register_for_chat(ws, deployed.served.url, current.slot)  # local endpoints are registered already
     return registry.transition(
         ws, dep_id, status, url=deployed.url, verification=verification,
@@ -172,6 +179,7 @@ def _with_checks(verification: dict, checks: list[dict]) -> dict:
 def reverify(ws: Workspace, ref: str, secrets: dict[str, str] | None = None,
              progress: Progress = _quiet) -> registry.Deployment:
     """Ask the deployment again (after you started its container, or to check it still answers)."""
+    access.require(ws, "publish")
     dep = registry.resolve(ws, ref)
     export = _export_of(ws, dep)
     secrets = {k: v for k, v in (secrets or {}).items() if v}
@@ -191,12 +199,12 @@ def _stored_served(dep: registry.Deployment, chosen, source: RunSource, secrets:
     if info:
         key = secrets.get("api_key") or secrets.get("token") or _token_for(dep)
         return Served(url=info["url"], model=info.get("model"), adapter_id=info.get("adapter_id"), api_key=key,
-                      max_total_tokens=info.get("max_total_tokens"))
-    if dep.target == "tgi-docker" and dep.url:  # registered while Docker was absent; started by hand since
-        adapter = None if chosen.options.merged else source.adapter_name
+                      max_total_tokens=info.get("max_total_tokens"), token_ids=bool(info.get("token_ids")))
+    if dep.target in DOCKER_TARGETS and dep.url:  # registered while Docker was absent; started by hand since
         limits = dep.options.get("details", {}).get("limits") or {}
-        return Served(url=dep.url, model=adapter or "tgi", adapter_id=adapter,
-                      max_total_tokens=limits.get("max_total_tokens"))
+        served = chosen.served(source, chosen.launch(source, ""), dep.url)
+        return dataclasses.replace(served, api_key=secrets.get("api_key") or served.api_key,
+                                   max_total_tokens=limits.get("max_total_tokens") or served.max_total_tokens)
     raise Conflict(f"Deployment {dep.id} has no endpoint to ask ({dep.status}).", "Publish it again.")
 
 
@@ -221,6 +229,7 @@ def rollback(ws: Workspace, ref: str, secrets: dict[str, str] | None = None,
              progress: Progress = _quiet) -> registry.Deployment:
     """Put the slot's previous version back: publish its export again to the same target, verify it,
     and mark the current deployment rolled back. `ref` is a deployment id or a slot."""
+    access.require(ws, "publish.rollback")
     current = registry.resolve(ws, ref)
     if not current.previous_id:
         raise Conflict(f"Deployment {current.id} ({current.slot}) has no earlier version to roll back to.",
@@ -238,6 +247,8 @@ def rollback(ws: Workspace, ref: str, secrets: dict[str, str] | None = None,
                           model_version=earlier.model_version, export_hash=earlier.export_hash,
                           export_id=earlier.export_id, previous_id=earlier.previous_id,
                           options={"options": chosen.options.public(), "rollback_of": current.id})
+    audit.record(ws, "publish.rollback", dep.id, slot=current.slot, was=current.id,
+                 to_version=earlier.model_version)
     result = _deploy_and_verify(ws, dep, chosen, source, export, progress)
     registry.transition(ws, current.id, "rolled_back", expect=(*registry.LIVE, "failed"))
     return result

@@ -5,6 +5,7 @@ version, LoRA rank, training length), and the serving token limits derived from 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,11 +32,35 @@ class RunSource:
     config: dict[str, Any] = field(default_factory=dict)
     lora_r: int = 0
     max_length: int = 0
+    served_name: str = ""  # the name clients ask for: see served_name() below
 
     @property
     def adapter_name(self) -> str:
-        """The name the adapter is served under (TGI's adapter_id, the chat `model` field)."""
-        return self.run_id
+        """The name the run is served under (the chat `model` field, TGI's adapter_id): the run's name."""
+        return self.served_name or self.run_id
+
+
+def served_name(ws: Workspace, run_id: str, name: str, base_model: str = "") -> str:
+    """The run's name made safe for a URL, a CLI and a LoRA module name ('Support v2' -> 'Support-v2').
+    Unique in the workspace and stable: when older runs have the same name (or it would clash with a
+    reserved name or the base model's), the run id's last part is added ('Support-v2-3fa1')."""
+    from studio.serving.adapters import RESERVED_NAMES
+
+    safe = _safe(name)
+    if not safe:
+        return run_id
+    with ws.db() as db:
+        row = db.execute("SELECT created_at FROM runs WHERE id = ?", [run_id]).fetchone()
+        created = row[0] if row else None
+        older = [r[0] for r in db.execute("SELECT id, name, created_at FROM runs WHERE id != ?", [run_id]).fetchall()
+                 if _safe(r[1]) == safe and (created is None or (r[2] or "", r[0]) < (created or "", run_id))]
+    if older or safe.lower() in RESERVED_NAMES or safe == base_model:
+        return f"{safe}-{run_id.rsplit('-', 1)[-1]}"
+    return safe
+
+
+def _safe(name: str | None) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name or "").strip("-.")[:48]
 
 
 def finished_run(ws: Workspace, run_id: str) -> RunSource:
@@ -60,10 +85,11 @@ def finished_run(ws: Workspace, run_id: str) -> RunSource:
         )
     config = _run_config(row, run_dir)
     adapter_cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    base = row.get("base_model") or config.get("base_model") or adapter_cfg.get("base_model_name_or_path")
     return RunSource(
         run_id=run_id,
         name=row.get("name") or run_id,
-        base_model=row.get("base_model") or config.get("base_model") or adapter_cfg.get("base_model_name_or_path"),
+        base_model=base,
         dataset_id=row.get("dataset_id") or config.get("dataset_id") or "",
         preset=row.get("preset") or config.get("preset") or "",
         run_dir=run_dir,
@@ -71,6 +97,7 @@ def finished_run(ws: Workspace, run_id: str) -> RunSource:
         config=config,
         lora_r=int(adapter_cfg.get("r") or config.get("lora_r") or 0),
         max_length=int(config.get("max_length") or 0),
+        served_name=served_name(ws, run_id, row.get("name") or run_id, base),
     )
 
 

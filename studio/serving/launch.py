@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from studio.core import procs
+from studio.core import access, procs
 from studio.core.db import now
 from studio.core.errors import Conflict, InvalidInput, ModelUnavailable
 from studio.serving.adapters import check_adapter_name, resolve_adapter, run_adapter_dir
@@ -112,6 +112,7 @@ def start_endpoint(
     timeout: float = START_TIMEOUT_S,
     extra_args: list[str] | None = None,
     for_run: bool = False,
+    served_name: str | None = None,
 ) -> Endpoint:
     """Start a local endpoint process holding `base_model` and the given LoRA adapters.
 
@@ -119,7 +120,9 @@ def start_endpoint(
     adapter folder. With wait=True, returns once /health answers (status "ready"); a process that
     dies while loading raises ModelUnavailable with its last log lines. Refused (Conflict) when a live
     endpoint holds the port or the chosen name, or (for_run) already serves run `run_id`.
+    served_name: the base model's name in /v1/models and `model=` (default: base_model).
     """
+    access.require(ws, "endpoint.start")
     from studio.models.resolve import resolve
 
     resolved = resolve(ws, base_model)
@@ -128,13 +131,14 @@ def start_endpoint(
         port = free_port()
     else:
         _check_port(port)
-    argv = server_argv(resolved.source, adapter_dirs, port, served_name=base_model, quantize=quantize,
+    served_name = served_name or base_model  # a merged export's folder path is no name for a client
+    argv = server_argv(resolved.source, adapter_dirs, port, served_name=served_name, quantize=quantize,
                        extra=extra_args)
     endpoint = Endpoint(
         id=new_id(), name=name or "", kind="local", url=f"http://127.0.0.1:{port}", base_model=base_model,
         adapters={n: str(ref) for n, ref in (adapters or {}).items()}, run_id=run_id, port=port,
         status="starting", created_at=now(),
-        options={"quantize": quantize, "served_name": base_model, "argv": argv,
+        options={"quantize": quantize, "served_name": served_name, "argv": argv,
                  "adapter_dirs": {n: str(p) for n, p in adapter_dirs.items()}},
     )
     endpoint.name = endpoint.name or endpoint.id

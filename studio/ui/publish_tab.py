@@ -31,12 +31,16 @@ LABELS = {"gpus": "GPUs", "api_key": "API key", "repo_id": "Repo", "url": "Serve
           "on the server", "endpoint": "Hub address", "serve_check": "Check the pushed files answer alike",
           "name": "Name", "max_input_tokens": "Max input tokens", "max_total_tokens": "Max total tokens",
           "scale_to_zero_minutes": "Scale to zero after (minutes)", "max_replica": "Max replicas"}
-NUMERIC_TEXT = {"port", "max_input_tokens", "max_total_tokens"}  # optional numbers typed in a text box
+NUMERIC_TEXT = {"port", "max_input_tokens", "max_total_tokens", "max_model_len"}  # optional numbers typed in a text box
 # per target: the option fields shown, in order (the rest keep their defaults)
 SHOWN = {
     "local": ["name", "merged", "port", "quantize"],
+    "vllm": ["name", "merged", "port", "max_model_len", "timeout"],
     "tgi-docker": ["name", "merged", "port", "host", "gpus", "quantize", "image", "tag", "max_input_tokens",
                    "max_total_tokens", "timeout"],
+    "vllm-docker": ["name", "merged", "port", "host", "gpus", "api_key", "image", "tag", "max_total_tokens", "timeout"],
+    "sglang-docker": ["name", "merged", "port", "host", "gpus", "api_key", "image", "tag", "max_total_tokens",
+                      "timeout"],
     "remote": ["url", "api_key", "merged", "model_name", "engine", "timeout"],
     "hub": ["repo_id", "private", "merged", "token", "endpoint", "serve_check"],
     "inference-endpoint": ["repo_id", "private", "token", "name", "namespace", "vendor", "region", "accelerator",
@@ -105,16 +109,37 @@ def verification_markdown(dep: deployments.Deployment) -> str:
     head = {"passed": "✅", "passed_with_differences": "⚠️", "failed": "❌"}.get(v.get("verdict"), "⏳")
     verdict = (v.get("verdict") or "not run yet").replace("_", " ")
     lines = [f"{head} **{dep.status}** · verification **{verdict}** — {v.get('summary', 'not verified yet')}", ""]
+    lines += _drift_lines(v)
     items = v.get("items") or []
     if items:
-        lines += ["| | Question | Studio model | Published model | Why |", "|---|---|---|---|---|"]
+        lines += ["| | Question | Studio model | Published model | Why | Drift from Chat |",
+                  "|---|---|---|---|---|---|"]
         for item in items:
             why = CAUSE_TEXT.get(item.get("cause") or "", "") if not item["match"] or item.get("cause") else ""
             cell = (item.get("diff") or item["endpoint"]) if not item["match"] else item["endpoint"]
+            drift = item.get("drift") or {}
+            moved = ("none" if drift.get("first_difference") is None else
+                     f"{drift['agreement']:.2f} agree, from token {drift['first_difference']}") if drift else ""
             lines.append(f"| {'=' if item['match'] else '≠'} | {_cell(item['prompt'])} | "
                          f"{_cell(item['studio'])} ({item['studio_finish']}) | {_cell(cell)} "
-                         f"({item['endpoint_finish']}) | {_cell(why)} |")
+                         f"({item['endpoint_finish']}) | {_cell(why)} | {moved} |")
     return "\n".join(lines)
+
+
+def _drift_lines(v: dict) -> list[str]:
+    """Where the prompts came from and the pass rule that applied (publishing/drift.py)."""
+    lines = []
+    origin = v.get("prompts_from") or {}
+    if origin.get("kind") == "golden":
+        lines.append(f"Asked: {origin.get('asked')} of the {origin.get('of')} questions of the golden set "
+                     f"**{origin.get('name')}** (evaluation `{origin.get('evaluation')}`)"
+                     + (", with the dataset's system prompt." if origin.get("system_prompt") else "."))
+    elif origin.get("kind") == "validation":
+        lines.append(f"Asked: {origin.get('asked')} validation rows of `{origin.get('dataset')}` "
+                     "(evaluate the run on a golden set to verify with your own questions).")
+    if v.get("rule"):
+        lines.append(f"Pass rule — {v['rule']}.")
+    return [*lines, ""] if lines else []
 
 
 def _cell(text: str) -> str:

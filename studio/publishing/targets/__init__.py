@@ -6,16 +6,19 @@ from typing import TYPE_CHECKING, Any
 
 from studio.core.errors import InvalidInput
 from studio.publishing.targets.base import Target
+from studio.publishing.targets.engine_docker import SglangDockerTarget, VllmDockerTarget
 from studio.publishing.targets.hub import HubTarget
 from studio.publishing.targets.inference_endpoint import InferenceEndpointTarget
 from studio.publishing.targets.local import LocalTarget
 from studio.publishing.targets.remote import RemoteTarget
 from studio.publishing.targets.tgi_docker import DockerTarget
+from studio.publishing.targets.vllm import VllmTarget
 
 if TYPE_CHECKING:
     from studio.core.workspace import Workspace
 
-TARGETS: tuple[type[Target], ...] = (LocalTarget, DockerTarget, RemoteTarget, HubTarget, InferenceEndpointTarget)
+TARGETS: tuple[type[Target], ...] = (LocalTarget, VllmTarget, DockerTarget, VllmDockerTarget, SglangDockerTarget,
+                                     RemoteTarget, HubTarget, InferenceEndpointTarget)
 
 
 def target_classes() -> dict[str, type[Target]]:

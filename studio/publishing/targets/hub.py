@@ -50,6 +50,17 @@ class HubOptions(Options):
         return _repo(v)
 
 
+def trusted_hub(endpoint: str) -> bool:
+    """huggingface.co (and its subdomains), or the Hub the server's admin set with HF_ENDPOINT."""
+    import os
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(endpoint).hostname or "").lower()
+    admin_set = (urlsplit(os.environ.get("HF_ENDPOINT", "")).hostname or "").lower()
+    return host in ("huggingface.co", "hf.co") or host.endswith((".huggingface.co", ".hf.co")) or \
+        bool(admin_set and host == admin_set)
+
+
 @contextlib.contextmanager
 def hub_errors(what: str, endpoint: str):
     """Hub failures as a sentence and a fix."""
@@ -123,8 +134,17 @@ class HubTarget(Target):
     Options = HubOptions
 
     def api(self):
+        """The Hub client. The server's own token (HF_TOKEN, the saved login) goes to Hugging Face's hosts only:
+        a Hub address elsewhere needs a token given for it, or anyone who may publish could make the studio
+        hand the server's token to a host of their choosing."""
         from huggingface_hub import HfApi
 
+        if not self.options.token and not trusted_hub(self.endpoint()):
+            raise InvalidInput(
+                f"{self.endpoint()} is not a Hugging Face host, and the server's Hugging Face token is only ever "
+                "sent to Hugging Face.",
+                "Paste a token for that host in the token field, or leave the Hub address empty for huggingface.co.",
+            )
         return HfApi(endpoint=self.options.endpoint or None, token=self.options.token or None)
 
     def endpoint(self) -> str:
@@ -217,12 +237,14 @@ def serve_folder_here(ws, source: RunSource, export: Export, progress: Progress,
     from studio.serving import endpoints, launch
 
     progress(0.7, "serving the pushed files here to check their replies")
+    exact = ["--dtype", export.dtype] if export.dtype else None  # the pushed weights as they are, on CUDA too
     if merged:
         ep = launch.start_endpoint(ws, str(export.model_dir), None, run_id=source.run_id,
-                                      name=f"check-{export.id}", quantize="none")
+                                      name=f"check-{export.id}", quantize="none", extra_args=exact)
         served = Served(url=ep.url, model="tgi")
     else:
         ep = launch.start_endpoint(ws, source.base_model, {source.adapter_name: str(export.model_dir)},
-                                      run_id=source.run_id, name=f"check-{export.id}", quantize="none")
+                                      run_id=source.run_id, name=f"check-{export.id}", quantize="none",
+                                      extra_args=exact)
         served = Served(url=ep.url, model=source.adapter_name, adapter_id=source.adapter_name)
     return served, lambda: endpoints.stop_endpoint(ws, ep.id, reason="verification of a Hub push finished")

@@ -45,7 +45,8 @@ class LocalTarget(Target):
 
     def plan(self, source: RunSource, export_dir: str | None = None) -> Plan:
         o = self.options
-        what = "the merged model" if o.merged else f"{source.base_model} with the adapter '{source.adapter_name}'"
+        what = (f"the merged model as '{source.adapter_name}'" if o.merged
+                else f"{source.base_model} with the adapter '{source.adapter_name}'")
         return Plan(
             target=self.kind, slot=self.slot(source), export_kind=self.export_kind(),
             steps=[
@@ -70,7 +71,12 @@ class LocalTarget(Target):
         progress(0.2, "starting the endpoint (loading the model)")
         adapters = None if o.merged else {source.adapter_name: str(export.model_dir)}
         base = str(export.model_dir) if o.merged else source.base_model
-        kwargs = dict(run_id=source.run_id, name=self.endpoint_name(), quantize=o.quantize)
+        # merged: the folder is served under the run's name; adapter: the base under its own, the adapter under
+        # the run's (both names a client can use, listed by /v1/models)
+        kwargs = dict(run_id=source.run_id, name=self.endpoint_name(), quantize=o.quantize,
+                      served_name=source.adapter_name if o.merged else None,
+                      # the export's own dtype: on CUDA "auto" would serve a float32 export in bf16
+                      extra_args=["--dtype", export.dtype] if o.quantize == "none" and export.dtype else None)
         try:
             ep = launch.start_endpoint(self.ws, base, adapters, port=port, **kwargs)
         except Conflict:
@@ -79,6 +85,5 @@ class LocalTarget(Target):
             # the previous endpoint's port is still held by its closing connections (TIME_WAIT)
             progress(0.3, f"port {port} is not free yet; serving on another port")
             ep = launch.start_endpoint(self.ws, base, adapters, port=None, **kwargs)
-        model = "tgi" if o.merged else source.adapter_name  # the base model's name on TGI and ours alike
-        served = Served(url=ep.url, model=model, adapter_id=None if o.merged else source.adapter_name)
+        served = Served(url=ep.url, model=source.adapter_name, adapter_id=None if o.merged else source.adapter_name)
         return Deployed(url=ep.url, served=served, details={"endpoint_id": ep.id, "port": ep.port})

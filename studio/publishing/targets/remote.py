@@ -6,7 +6,8 @@ silently replaced by the base model. Also the commands that start each server on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator
@@ -28,7 +29,7 @@ class RemoteOptions(Options):
     merged: bool = Field(True, description="On: the server serves the merged model. Off: it serves the base model "
                          "with this run's adapter loaded under the name below.")
     model_name: str | None = Field(None, description="The name the server knows the adapter (or model) by; "
-                                   "empty: the run id.")
+                                   "empty: the run's name (as the studio serves it).")
     engine: Literal["auto", "tgi", "vllm", "sglang"] = Field("auto", description="Which server it is; 'auto' asks "
                                                               "it (/info answers on TGI).")
     timeout: float = Field(30, gt=0, description="Seconds to wait for each answer from the server.")
@@ -51,6 +52,8 @@ class ServerFacts:
     models: list[str]
     max_input_tokens: int | None = None
     max_total_tokens: int | None = None
+    roots: dict[str, str] = field(default_factory=dict)  # vLLM: /v1/models id -> the folder or hub id it loaded
+    parents: dict[str, str] = field(default_factory=dict)  # vLLM: adapter id -> the base model's id
 
 
 def probe_server(url: str, api_key: str | None, timeout: float) -> ServerFacts:
@@ -68,9 +71,11 @@ def probe_server(url: str, api_key: str | None, timeout: float) -> ServerFacts:
                 "Check the address and port, that the server runs, and that this machine may reach it.",
             ) from exc
         if response.status_code in (401, 403):
+            what = "refused the API key" if api_key else "asks for an API key and none was given"
             raise InvalidInput(
-                f"The server at {url} refused the API key (HTTP {response.status_code}).",
-                "Give the right key in the API key field (--api-key); it is the server's, not the Hub's.",
+                f"The server at {url} {what} (HTTP {response.status_code} on {path}).",
+                "Give the right key in the API key field (--api-key): the one the server was started with "
+                "(vLLM/SGLang --api-key, or behind a gateway), not a Hub token.",
             )
         return response
 
@@ -87,14 +92,29 @@ def probe_server(url: str, api_key: str | None, timeout: float) -> ServerFacts:
                             max_total_tokens=data.get("max_total_tokens"))
     models = get("/v1/models")
     if models.status_code == 200 and _is_json(models):
-        ids = [m.get("id") for m in models.json().get("data", []) if m.get("id")]
+        entries = [m for m in models.json().get("data", []) if m.get("id")]
+        ids = [m["id"] for m in entries]
         facts.models = list(dict.fromkeys(facts.models + ids))
+        facts.roots = {m["id"]: m["root"] for m in entries if m.get("root")}
+        facts.parents = {m["id"]: m["parent"] for m in entries if m.get("parent")}
         if facts.engine != "tgi":
             facts.model_id = ids[0] if ids else None
+            if any(m.get("owned_by") == "vllm" for m in entries):
+                facts.engine = "vllm"
     elif facts.engine != "tgi":
         raise ModelUnavailable(f"The server at {url} answers neither /info (TGI) nor /v1/models (vLLM, SGLang).",
                                "Check that the address is the server's root, not a page in front of it.")
     return facts
+
+
+def _same_model(root: str, expected: str) -> bool:
+    """The same weights: one folder (after links), one hub id, or a hub id and a local copy of it."""
+    a, b = root.rstrip("/"), expected.rstrip("/")
+    if a == b:
+        return True
+    if Path(a).exists() and Path(b).exists():
+        return Path(a).resolve() == Path(b).resolve()
+    return Path(a).name.lower() == Path(b).name.lower()
 
 
 def _is_json(response) -> bool:
@@ -144,6 +164,23 @@ class RemoteTarget(Target):
                       f"--max-lora-rank {rank} --context-length {limits.max_total_tokens}",
         }
 
+    def _check_base(self, source: RunSource, facts: ServerFacts) -> None:
+        """An adapter only fits the base it was trained on: refuse a server whose base model is another."""
+        from studio.models.resolve import resolve
+
+        bases = [m for m in facts.models if m in facts.roots and m not in facts.parents]
+        if not bases:
+            return  # TGI, or a server that does not say what it loaded: the verification will tell
+        expected = resolve(self.ws, source.base_model).source
+        root = facts.roots[bases[0]]
+        if not _same_model(root, expected):
+            raise Conflict(
+                f"The server at {self.options.url} serves another base model: '{bases[0]}' loaded from {root}; "
+                f"run {source.run_id} was trained on {source.base_model} ({expected}).",
+                "An adapter works only on its own base model: point at a server started with "
+                f"--model {expected}, or publish the merged model.",
+            )
+
     def plan(self, source: RunSource, export_dir: str | None = None) -> Plan:
         o = self.options
         commands = self.launch_commands(source, export_dir or "/path/to/export/model")
@@ -169,12 +206,16 @@ class RemoteTarget(Target):
         checks = []
         if not o.merged:
             listed = name in facts.models
+            self._check_base(source, facts)
             if engine in ("vllm", "sglang", "openai") and not listed:
+                folder = str(export.model_dir)
                 raise Conflict(
                     f"The server at {o.url} does not serve an adapter named '{name}'; it lists: "
                     f"{', '.join(facts.models) or 'nothing'}.",
-                    f"Start it with the adapter loaded under that name, e.g. "
-                    f"{self.launch_commands(source, str(export.model_dir))['vllm']}",
+                    f"Load it with: curl -X POST {o.url}/v1/load_lora_adapter -H 'Content-Type: application/json' "
+                    f"-d '{{\"lora_name\": \"{name}\", \"lora_path\": \"{folder}\"}}' (vLLM started with "
+                    "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora; the folder must be on the server), "
+                    f"or restart it with the adapter: {self.launch_commands(source, folder)['vllm']}",
                 )
             if engine == "tgi" and not listed:
                 checks.append({"ok": True, "cause": "adapter_unlisted",
@@ -182,7 +223,7 @@ class RemoteTarget(Target):
                                        "the base model's to make sure the adapter is applied."})
         model = name if not o.merged else (o.model_name or facts.model_id or "tgi")
         served = Served(url=o.url, model=model, adapter_id=None if o.merged else name, api_key=o.api_key,
-                        max_total_tokens=facts.max_total_tokens)
+                        max_total_tokens=facts.max_total_tokens, token_ids=engine == "vllm")
         return Deployed(url=o.url, served=served, checks=checks, details={
             "engine": engine, "model_id": facts.model_id, "models": facts.models,
             "max_input_tokens": facts.max_input_tokens, "max_total_tokens": facts.max_total_tokens,
