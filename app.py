@@ -1,17 +1,24 @@
 """Start the studio: `python app.py [--host H] [--port P] [--share] [--home DIR]`.
 
-Binds 127.0.0.1 by default. Set STUDIO_USERNAME and STUDIO_PASSWORD to require a login.
+Binds 127.0.0.1 by default. Served beyond this machine (another --host, or --share) it requires a login:
+accounts made with `studio users add` (or STUDIO_USERNAME/STUDIO_PASSWORD as one admin); --insecure skips
+that, with a warning on the page.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sys
 
+from studio.core import access, accounts
+from studio.core.errors import StudioError
+from studio.core.imports import warm_up
 from studio.core.workspace import Workspace
 from studio.publishing import deployments, export
 from studio.serving import endpoints
 from studio.training.scheduler import start_scheduler
+from studio.ui import session
 from studio.ui.app import build_app, css, theme
 
 
@@ -22,11 +29,23 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("STUDIO_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="open a temporary public gradio.live link")
     parser.add_argument("--home", default=None, help="workspace folder (default: $STUDIO_HOME or ~/.llmops-studio)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="serve beyond this machine without a login (not recommended)")
     args = parser.parse_args()
 
     ws = Workspace.open(args.home)
     user, password = os.environ.get("STUDIO_USERNAME"), os.environ.get("STUDIO_PASSWORD")
-    app = build_app(ws)
+    env_login = (user, password) if user and password else None
+    has_accounts = accounts.has_users(ws) or env_login is not None
+    try:
+        warning = access.check_exposure(host=args.host, share=args.share, has_accounts=has_accounts,
+                                        insecure=args.insecure)
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if has_accounts:
+        session.install(ws, env_login)
+    app = build_app(ws, warning=warning)
     # what ran through a restart: endpoints and exports re-adopted or failed with how they ended, a publish
     # cut short by a crash failed (not left "publishing"); then the training queue re-adopts its runs and
     # starts queued ones as devices free up
@@ -34,12 +53,14 @@ def main() -> None:
     export.reconcile(ws)
     deployments.reconcile(ws)
     start_scheduler(ws)
+    warm_up()  # transformers for the tabs, in the background: the page is up before it is done
     print(f"LLMOps Studio: workspace {ws.home}", flush=True)
     app.queue(default_concurrency_limit=8).launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,
-        auth=(user, password) if user and password else None,
+        auth=session.login(ws, env_login) if has_accounts else None,
+        auth_message="LLMOps Studio: log in with the account an admin gave you." if has_accounts else None,
         theme=theme(),
         css=css(),
         footer_links=["api"],

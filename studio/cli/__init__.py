@@ -9,6 +9,7 @@ anything else exit 1, with a traceback only under --debug.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import pkgutil
@@ -24,6 +25,7 @@ from studio.core.errors import StudioError
 class Output:
     data: Any
     text: str
+    code: int = 0  # the exit status: non-zero for a result scripts must notice (an unhealthy deployment: 3)
 
 
 def _common_parser() -> argparse.ArgumentParser:
@@ -55,31 +57,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one verb. With --json, stdout carries exactly one JSON document whatever the verb does (the result,
+    or {"error": ...} with exit 2); anything a verb prints on the way (progress, a followed run) goes to stderr."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    stdout = sys.stdout
+    document: Any = None
+    code = 0
     try:
         from studio.core.workspace import Workspace
 
-        ws = Workspace.open(args.home)
-        out = args.handler(args, ws)
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            ws = Workspace.open(args.home)
+            out = args.handler(args, ws)
         if out is not None:
-            if args.json:
-                print(json.dumps(out.data, indent=2, default=str))
-            else:
+            document, code = out.data, out.code
+            if not args.json:
                 print(out.text)
-        return 0
+        elif args.json:
+            document = {"done": True}
     except StudioError as exc:
-        if args.json:
-            print(json.dumps({"error": exc.to_dict()}), file=sys.stderr)
-        else:
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"error: {exc}", file=sys.stderr)
+        document, code = {"error": exc.to_dict()}, 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        document, code = {"error": {"kind": "interrupted", "message": "interrupted", "fix": None}}, 130
     except Exception as exc:  # the edge: one readable line, the rest under --debug
         if args.debug:
             traceback.print_exc()
         print(f"unexpected error: {type(exc).__name__}: {exc} (run again with --debug for details)",
               file=sys.stderr)
-        return 1
+        document, code = {"error": {"kind": "unexpected", "message": f"{type(exc).__name__}: {exc}", "fix": None}}, 1
+    if args.json:
+        print(json.dumps(document, indent=2, default=str), file=stdout, flush=True)
+    return code

@@ -61,9 +61,9 @@ def run_ask(args, ws) -> Output | None:
         text = (as_curl if args.show_request == "curl" else as_python)(target.url, body)
         return Output({"url": target.url, "body": body}, text)
     if args.json:
-        answer = complete_chat(target.url, {**body, "stream": False})
+        answer = complete_chat(target.url, {**body, "stream": False}, api_key=target.api_key)
         return Output({"model": body["model"], "url": target.url, "answer": answer}, answer)
-    for piece in stream_chat(target.url, body):
+    for piece in stream_chat(target.url, body, api_key=target.api_key):
         print(piece, end="", flush=True)
     print()
     return None

@@ -35,6 +35,8 @@ def register(verbs, common) -> None:
     reg.add_argument("url")
     reg.add_argument("--name", default=None)
     reg.add_argument("--no-check", action="store_true", help="do not ask the server for its models first")
+    reg.add_argument("--api-key-env", default=None, metavar="NAME",
+                     help="the environment variable that holds the server's API key (only the name is stored)")
     reg.set_defaults(handler=run_register)
 
     rm = sub.add_parser("remove", parents=[common], help="forget a remote or stopped endpoint")
@@ -82,7 +84,7 @@ def run_stop(args, ws) -> Output:
 def run_register(args, ws) -> Output:
     from studio.serving.endpoints import register_remote
 
-    ep = register_remote(ws, args.url, args.name, check=not args.no_check)
+    ep = register_remote(ws, args.url, args.name, check=not args.no_check, api_key_env=args.api_key_env)
     return Output(ep.model_dump(), describe(ep))
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from studio.core import access
 from studio.core.errors import InvalidInput, ModelUnavailable
 from studio.serving import endpoints, launch
 from studio.serving.client import request_kwargs, served_models
@@ -120,10 +121,12 @@ class Target:
     run_id: str | None = None
     endpoint_id: str | None = None
     started: bool = False  # this call started the endpoint
+    api_key: str | None = field(default=None, repr=False)  # a remote server's key, from the environment
 
 
 def open_target(ws, ref: str, *, start: bool = True) -> Target:
     """A run id (its endpoint, started when needed), an endpoint id or name, or a server URL."""
+    access.require(ws, "chat")
     ref = (ref or "").strip()
     if not ref:
         raise InvalidInput("Nothing to chat with was chosen.", "Pick a finished run or an endpoint.")
@@ -149,4 +152,4 @@ def open_target(ws, ref: str, *, start: bool = True) -> Target:
         endpoint = launch.wait_ready(ws, endpoint.id)
     models = [endpoint.base_name, *endpoint.adapters]
     return Target(url=endpoint.url, base=endpoint.base_name, tuned=next(iter(endpoint.adapters), None),
-                  models=models, run_id=endpoint.run_id, endpoint_id=endpoint.id)
+                  models=models, run_id=endpoint.run_id, endpoint_id=endpoint.id, api_key=endpoint.api_key)

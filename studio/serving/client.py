@@ -14,28 +14,29 @@ from studio.core.errors import InvalidInput, ModelUnavailable
 CHAT_TIMEOUT_S = 300.0
 
 
-def client(url: str, timeout: float = CHAT_TIMEOUT_S):
+def client(url: str, timeout: float = CHAT_TIMEOUT_S, api_key: str | None = None):
     from huggingface_hub import InferenceClient
 
-    return InferenceClient(base_url=url.rstrip("/"), timeout=timeout)
+    return InferenceClient(base_url=url.rstrip("/"), timeout=timeout, api_key=api_key)
 
 
 def request_kwargs(body: dict) -> dict:
     return {k: v for k, v in body.items() if k != "messages"}
 
 
-def stream_chat(url: str, body: dict) -> Iterator[str]:
+def stream_chat(url: str, body: dict, api_key: str | None = None) -> Iterator[str]:
     """Yield the answer's text piece by piece."""
-    inference = client(url)  # held while streaming: a collected client closes the stream under us
+    inference = client(url, api_key=api_key)  # held while streaming: a collected client closes the stream under us
     with _errors(url):
         for chunk in inference.chat_completion(body["messages"], **{**request_kwargs(body), "stream": True}):
             if chunk.choices and chunk.choices[0].delta.content:
                 yield chunk.choices[0].delta.content
 
 
-def complete_chat(url: str, body: dict) -> str:
+def complete_chat(url: str, body: dict, api_key: str | None = None) -> str:
     with _errors(url):
-        out = client(url).chat_completion(body["messages"], **{**request_kwargs(body), "stream": False})
+        inference = client(url, api_key=api_key)
+        out = inference.chat_completion(body["messages"], **{**request_kwargs(body), "stream": False})
     return out.choices[0].message.content or ""
 
 
@@ -77,13 +78,20 @@ def _error_text(exc) -> str:
         return str(exc).splitlines()[0]
 
 
-def served_models(url: str, timeout: float = 10.0) -> list[str]:
+def served_models(url: str, timeout: float = 10.0, api_key: str | None = None) -> list[str]:
     """The names an endpoint answers to (GET /v1/models): the base model first, then its adapters."""
     import httpx
 
     url = url.rstrip("/")
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = httpx.get(url + "/v1/models", timeout=timeout)
+        response = httpx.get(url + "/v1/models", timeout=timeout, headers=headers)
+        if response.status_code == 401:
+            given = "refused the one given" if api_key else "none was given"
+            raise InvalidInput(
+                f"The server at {url} asks for an API key and {given}.",
+                "Register it with --api-key-env NAME, NAME being an environment variable of the studio that holds "
+                "its key (the key itself is never stored).")
         response.raise_for_status()
         names = [m["id"] for m in response.json()["data"]]
     except (httpx.HTTPError, KeyError, TypeError, ValueError) as exc:
@@ -92,7 +100,7 @@ def served_models(url: str, timeout: float = 10.0) -> list[str]:
             "Check the URL: it should be a running TGI, vLLM or SGLang server (or a studio endpoint).",
         ) from exc
     try:  # our endpoint (and TGI) also tell which adapters exist through /info
-        info = httpx.get(url + "/info", timeout=timeout).json()
+        info = httpx.get(url + "/info", timeout=timeout, headers=headers).json()
         names += [a["id"] for a in info.get("adapters") or [] if a["id"] not in names]
     except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
         pass

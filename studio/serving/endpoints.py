@@ -12,6 +12,7 @@ two processes.
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import time
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel
 
-from studio.core import procs
+from studio.core import access, audit, procs
 from studio.core.db import now, seconds_since
 from studio.core.errors import Conflict, InvalidInput, NotFound
 from studio.core.states import Machine
@@ -78,6 +79,19 @@ class Endpoint(BaseModel):
     @property
     def live(self) -> bool:
         return self.status in LIVE
+
+    @property
+    def api_key(self) -> str | None:
+        """The remote server's API key, read from the environment variable named at registration (only the
+        name is stored); None for a server that needs none."""
+        name = self.options.get("api_key_env")
+        if not name:
+            return None
+        key = os.environ.get(name)
+        if not key:
+            raise InvalidInput(f"Endpoint '{self.name}' needs its API key in the environment variable {name}, which "
+                               "is not set for the studio.", f"Set {name} and start the studio again.")
+        return key
 
     @property
     def base_name(self) -> str:
@@ -167,6 +181,7 @@ def stop_endpoint(ws: Workspace, ref: str, reason: str | None = None) -> Endpoin
     """Stop a local endpoint (SIGTERM to its process group, SIGKILL after a grace period).
 
     Stopping a stopped endpoint is a no-op; a remote endpoint cannot be stopped from here."""
+    access.require(ws, "endpoint.stop")
     endpoint = get_endpoint(ws, ref)
     if endpoint.kind == "remote":
         raise Conflict(
@@ -193,6 +208,7 @@ def stop_local_endpoints(ws: Workspace, reason: str) -> list[str]:
 
 def remove_endpoint(ws: Workspace, ref: str) -> Endpoint:
     """Forget an endpoint (a remote one, or a local one that no longer runs) and delete its log."""
+    access.require(ws, "endpoint.remove")
     import shutil
 
     endpoint = get_endpoint(ws, ref)
@@ -221,19 +237,30 @@ def find_endpoint_for_run(ws: Workspace, run_id: str) -> Endpoint | None:
     return None
 
 
-def register_remote(ws: Workspace, url: str, name: str | None = None, *, check: bool = True) -> Endpoint:
-    """Register a TGI / vLLM / SGLang server by URL; with check=True its /v1/models must answer."""
+def register_remote(ws: Workspace, url: str, name: str | None = None, *, check: bool = True,
+                    api_key_env: str | None = None) -> Endpoint:
+    """Register a TGI / vLLM / SGLang server by URL; with check=True its /v1/models must answer. A server that
+    asks for an API key: `api_key_env` names the environment variable holding it (the key is never stored)."""
+    access.require(ws, "endpoint.register")
+    access.require(ws, "url.fetch")
+    audit.record(ws, "url.fetch", url, why="register a remote endpoint", check=check)
     url = (url or "").strip().rstrip("/")
     if url.endswith("/v1"):
         url = url[:-3]
     if not re.match(r"^https?://[^\s/]+", url):
         raise InvalidInput(f"'{url}' is not an http(s) URL.", "Give the server's address, like http://host:8080.")
+    if api_key_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", api_key_env):
+        raise InvalidInput(f"'{api_key_env}' is not the name of an environment variable.",
+                           "Give the variable's name (e.g. VLLM_API_KEY), not the key itself.")
+    options = {"served_name": "", **({"api_key_env": api_key_env} if api_key_env else {})}
     base_model, adapters = "", {}
     if check:
-        models = served_models(url)
+        probe = Endpoint(id="", name=name or url, kind="remote", url=url, options=options)
+        models = served_models(url, api_key=probe.api_key)
         base_model, adapters = models[0], {m: m for m in models[1:]}
     endpoint = Endpoint(id=new_id(), name=name or url, kind="remote", url=url, base_model=base_model,
-                        adapters=adapters, status="ready", created_at=now(), options={"served_name": base_model})
+                        adapters=adapters, status="ready", created_at=now(),
+                        options={**options, "served_name": base_model})
     with ws.db() as db:
         db["endpoints"].insert(endpoint.to_row())
     return endpoint

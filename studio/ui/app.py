@@ -27,14 +27,20 @@ TABS = [
 ]
 
 
-def build_app(ws: Workspace) -> gr.Blocks:
+def build_app(ws: Workspace, warning: str | None = None) -> gr.Blocks:
+    from studio.ui import session
+
     with gr.Blocks(title="LLMOps Studio") as app:
+        if warning:
+            gr.Markdown(f"⚠️ **{warning}**", elem_id="studio-insecure-banner")
         gr.Markdown(
             f"# LLMOps Studio\n"
             f"Teach an open language model your field: **Data → Train → Chat → Evaluate → Publish**. "
             f"<small>v{__version__} · workspace `{ws.home}`</small>",
             elem_id="studio-header",
         )
+        signed_in = gr.Markdown("", elem_id="studio-user")
+        app.load(lambda: session.who(ws), outputs=signed_in, api_visibility="private")
         with gr.Tabs():
             for label, module, purpose, issue in TABS:
                 with gr.Tab(label, id=module):

@@ -40,6 +40,124 @@ def render(facts: dict) -> str:
     return "\n".join(rows) + "\n\n" + "\n".join(libs)
 
 
+def render_engines() -> str:
+    """The serving engines: what is installed (version, health, size, folder) and what would be."""
+    from studio.serving.engines.manage import engines_dir, list_engines
+
+    found = list_engines()
+    if not found:
+        return (f"No serving engine is installed (in `{engines_dir()}`). The embedded endpoint serves every "
+                "model; install vLLM for the engine production servers run (`studio engines install vllm`).")
+    rows = ["| Engine | Package | Device | Health | Size | Folder |", "|---|---|---|---|---|---|"]
+    rows += [f"| {e.name} | {e.package} {e.version} | {e.device} | {e.health} | {e.size_gb} GB | `{e.folder}` |"
+             for e in found]
+    return "\n".join(rows)
+
+
+def install_engine(name: str):
+    """Install an engine, showing pip's progress as it goes (a generator: Gradio streams each step)."""
+    import contextvars
+    import queue
+    import threading
+
+    from studio.core.errors import StudioError
+    from studio.serving.engines.manage import install
+
+    steps: queue.Queue = queue.Queue()
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["engine"] = install(name, progress=lambda f, m: steps.put(f"{f * 100:.0f}% {m}"))
+        except StudioError as exc:
+            outcome["error"] = str(exc)
+        finally:
+            steps.put(None)
+
+    # the copied context carries the web request, so the install acts as (and is checked against) its user
+    threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True).start()
+    log: list[str] = []
+    while (step := steps.get()) is not None:
+        log = (log + [step])[-12:]
+        yield "```\n" + "\n".join(log) + "\n```", render_engines()
+    if "error" in outcome:
+        raise gr.Error(outcome["error"])
+    yield f"Installed: {outcome['engine'].package} {outcome['engine'].version}.", render_engines()
+
+
+def users_frame(ws: Workspace):
+    import pandas as pd
+
+    from studio.core import access, accounts
+
+    access.require(ws, "users.manage")
+    return pd.DataFrame(accounts.list_users(ws), columns=["name", "role", "created_at", "created_by", "updated_at"])
+
+
+def audit_frame(ws: Workspace, limit: int = 200):
+    import pandas as pd
+
+    from studio.core import access, audit
+
+    access.require(ws, "audit.read")
+    rows = [{**e, "detail": ", ".join(f"{k}={v}" for k, v in e["detail"].items())}
+            for e in audit.events(ws, limit=limit)]
+    return pd.DataFrame(rows, columns=["at", "actor", "role", "origin", "action", "target", "detail"])
+
+
+def _admin_view(ws: Workspace):
+    """Users and audit log for an admin; for anyone else, why they are not shown."""
+    from studio.core import access
+
+    actor = access.current()
+    if not actor.may("audit.read"):
+        return (f"You are signed in as {actor.name} ({actor.role}); only admins see accounts and the audit log.",
+                None, None)
+    return "", users_frame(ws), audit_frame(ws)
+
+
+def build_accounts(ws: Workspace) -> None:
+    from studio.core import accounts
+
+    gr.Markdown("### Accounts and audit log\nOn a shared server every person logs in with their own account: "
+                "**admin** (everything, including users and deleting), **expert** (data, training, chat, "
+                "evaluation, publishing to the targets an admin allowed), **viewer** (read only). Served beyond "
+                "this machine, the studio refuses to start without one (`studio users add NAME --role admin`).")
+    note = gr.Markdown(elem_id="system-accounts-note")
+    users = gr.Dataframe(label="Accounts", interactive=False, wrap=True)
+    with gr.Row():
+        name = gr.Textbox(label="User name", scale=2,
+                          info="What the person types to log in (letters, digits, . _ - @). Also used to remove one.")
+        password = gr.Textbox(label="Password (8 characters or more)", type="password", scale=2,
+                              info="Give it to the person; they can change it with `studio users passwd NAME`.")
+        role = gr.Dropdown(["expert", "viewer", "admin"], value="expert", label="Role", scale=1,
+                           info="expert: does the work; viewer: reads only; admin: also users and deleting.")
+    with gr.Row():
+        add = gr.Button("Add account", size="sm")
+        remove = gr.Button("Remove account", size="sm", variant="stop")
+    events = gr.Dataframe(label="Audit log (newest first)", interactive=False, wrap=True, max_height=360)
+    refresh = gr.Button("Refresh accounts and log", size="sm")
+
+    def add_user(user_name: str, user_password: str, user_role: str):
+        try:
+            accounts.add_user(ws, (user_name or "").strip(), user_password or "", user_role)
+        except Exception as exc:  # noqa: BLE001 - StudioError shown as the page's error
+            raise gr.Error(str(exc)) from exc
+        return (*_admin_view(ws), "")
+
+    def remove_user(user_name: str):
+        try:
+            accounts.remove_user(ws, (user_name or "").strip())
+        except Exception as exc:  # noqa: BLE001
+            raise gr.Error(str(exc)) from exc
+        return _admin_view(ws)
+
+    refresh.click(lambda: _admin_view(ws), outputs=[note, users, events], api_name="system_audit")
+    add.click(add_user, [name, password, role], [note, users, events, password], api_name="users_add")
+    remove.click(remove_user, [name], [note, users, events], api_name="users_remove")
+    note.attach_load_event(lambda: _admin_view(ws)[0], None)
+
+
 def build(ws: Workspace) -> None:
     gr.Markdown("What this machine offers for training and serving. The same facts: `studio doctor`.")
     facts_md = gr.Markdown(elem_id="system-facts")
@@ -47,3 +165,17 @@ def build(ws: Workspace) -> None:
     refresh.click(lambda: render(report(ws)), outputs=facts_md, api_name="system_report")
     # filled when the page loads, so a reload always shows current free memory and disk
     facts_md.attach_load_event(lambda: render(report(ws)), None)
+
+    gr.Markdown("### Serving engines\nReal serving programs the studio can start for you, each in its own "
+                "environment (`studio engines list|install|remove`). Publish to vLLM once it is installed.")
+    engines_md = gr.Markdown(elem_id="system-engines")
+    engines_md.attach_load_event(render_engines, None)
+    install_btn = gr.Button("Install or update vLLM", size="sm")
+    install_log = gr.Markdown(elem_id="system-engine-install")
+
+    def install_vllm():
+        yield from install_engine("vllm")
+
+    install_btn.click(install_vllm, outputs=[install_log, engines_md], api_name="install_engine")
+
+    build_accounts(ws)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -31,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for torch (default: 1 for a small model on the CPU, else torch's own)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--api-key-env", default=None, metavar="NAME",
+                   help="require `Authorization: Bearer <key>` on every route but /health, the key read from the "
+                        "environment variable NAME (never from the command line, which others can see)")
     return p
 
 
@@ -66,6 +70,11 @@ def cpu_threads(served, requested: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     adapters = parse_adapters(args.adapter)
+    api_key = os.environ.get(args.api_key_env or "") if args.api_key_env else None
+    if args.api_key_env and not api_key:
+        print(f"error: --api-key-env {args.api_key_env}: that environment variable is not set (or empty); "
+              "set it to the key clients must send.", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("studio.serving.server")
     import uvicorn
@@ -84,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = cpu_threads(served, args.threads)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     engine = Engine(served, max_batch_size=args.max_batch_size)
-    app = create_app(served, engine, max_concurrent_requests=args.max_concurrent_requests)
+    app = create_app(served, engine, max_concurrent_requests=args.max_concurrent_requests, api_key=api_key)
     log.info("serving %s on http://%s:%d (%s, %s, %d torch threads, adapters: %s)", served.served_name, args.host,
              args.port, served.device, served.dtype, threads, ", ".join(served.adapters) or "none")
     try:

@@ -2,12 +2,14 @@
 
 POST /, /generate, /generate_stream (SSE), /v1/chat/completions (plain and SSE); GET /v1/models,
 /info, /health, /metrics. Errors always come as {"error": ..., "error_type": ...} with TGI's status
-codes: 422 validation, 424 generation, 429 overloaded. Unlike TGI, an unknown adapter is an error.
+codes: 401 no or wrong API key (when started with one), 422 validation, 424 generation, 429 overloaded.
+Unlike TGI, an unknown adapter is an error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import time
 import uuid
@@ -54,9 +56,22 @@ class Gate:
         self.inflight -= 1
 
 
-def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int = 128) -> FastAPI:
+def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int = 128,
+               api_key: str | None = None) -> FastAPI:
     app = FastAPI(title="LLMOps Studio embedded endpoint (TGI API)", version=__version__)
     gate = Gate(max_concurrent_requests)
+
+    if api_key:
+        expected = f"Bearer {api_key}".encode()
+
+        @app.middleware("http")
+        async def _require_key(request: Request, call_next):
+            given = request.headers.get("authorization", "").encode()
+            if request.url.path != "/health" and not hmac.compare_digest(given, expected):
+                return JSONResponse({"error": "Unauthorized: send this endpoint's API key as 'Authorization: Bearer "
+                                              "<key>'", "error_type": "unauthorized"}, status_code=401)
+            return await call_next(request)
+
     metrics = engine.metrics
     fingerprint = f"{__version__}-studio"
 
