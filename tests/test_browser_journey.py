@@ -238,7 +238,11 @@ def test_cancel_from_the_page_while_a_second_browser_watches(browser, studio, pa
     pick(train, "Preset", "quick-test")
     expect(train.get_by_text("A short run to see the whole loop work")).to_be_visible()
     train.get_by_role("button", name="Settings (the preset's values; change any of them)").click()
-    train.get_by_label("max steps", exact=True).fill("5000")  # so that it cannot finish before the cancel
+    steps = train.get_by_label("max steps", exact=True)
+    expect(steps).to_have_value("100")  # the preset's values have arrived: typing now is not overwritten
+    steps.fill("5000")  # so that it cannot finish before the cancel
+    steps.press("Tab")
+    expect(steps).to_have_value("5000")
     train.get_by_role("button", name="Start training").click()
     expect(train.locator("#train-started")).to_contain_text("is queued")
     run_id = re.search(r"run-[0-9]+-[0-9]+-[0-9a-f]+", train.locator("#train-started").inner_text()).group(0)

@@ -85,13 +85,17 @@ def install_engine(name: str):
     yield f"Installed: {outcome['engine'].package} {outcome['engine'].version}.", render_engines()
 
 
+USER_COLUMNS = ["name", "role", "created_at", "created_by", "updated_at"]
+AUDIT_COLUMNS = ["at", "actor", "role", "origin", "action", "target", "detail"]
+
+
 def users_frame(ws: Workspace):
     import pandas as pd
 
     from studio.core import access, accounts
 
     access.require(ws, "users.manage")
-    return pd.DataFrame(accounts.list_users(ws), columns=["name", "role", "created_at", "created_by", "updated_at"])
+    return pd.DataFrame(accounts.list_users(ws), columns=USER_COLUMNS)
 
 
 def audit_frame(ws: Workspace, limit: int = 200):
@@ -102,17 +106,19 @@ def audit_frame(ws: Workspace, limit: int = 200):
     access.require(ws, "audit.read")
     rows = [{**e, "detail": ", ".join(f"{k}={v}" for k, v in e["detail"].items())}
             for e in audit.events(ws, limit=limit)]
-    return pd.DataFrame(rows, columns=["at", "actor", "role", "origin", "action", "target", "detail"])
+    return pd.DataFrame(rows, columns=AUDIT_COLUMNS)
 
 
 def _admin_view(ws: Workspace):
     """Users and audit log for an admin; for anyone else, why they are not shown."""
+    import pandas as pd
+
     from studio.core import access
 
     actor = access.current()
     if not actor.may("audit.read"):
         return (f"You are signed in as {actor.name} ({actor.role}); only admins see accounts and the audit log.",
-                None, None)
+                pd.DataFrame(columns=USER_COLUMNS), pd.DataFrame(columns=AUDIT_COLUMNS))
     return "", users_frame(ws), audit_frame(ws)
 
 
@@ -123,8 +129,10 @@ def build_accounts(ws: Workspace) -> None:
                 "**admin** (everything, including users and deleting), **expert** (data, training, chat, "
                 "evaluation, publishing to the targets an admin allowed), **viewer** (read only). Served beyond "
                 "this machine, the studio refuses to start without one (`studio users add NAME --role admin`).")
+    import pandas as pd
+
     note = gr.Markdown(elem_id="system-accounts-note")
-    users = gr.Dataframe(label="Accounts", interactive=False, wrap=True)
+    users = gr.Dataframe(pd.DataFrame(columns=USER_COLUMNS), label="Accounts", interactive=False, wrap=True)
     with gr.Row():
         name = gr.Textbox(label="User name", scale=2,
                           info="What the person types to log in (letters, digits, . _ - @). Also used to remove one.")
@@ -135,7 +143,8 @@ def build_accounts(ws: Workspace) -> None:
     with gr.Row():
         add = gr.Button("Add account", size="sm")
         remove = gr.Button("Remove account", size="sm", variant="stop")
-    events = gr.Dataframe(label="Audit log (newest first)", interactive=False, wrap=True, max_height=360)
+    events = gr.Dataframe(pd.DataFrame(columns=AUDIT_COLUMNS), label="Audit log (newest first)", interactive=False,
+                          wrap=True, max_height=360, elem_id="system-audit")
     refresh = gr.Button("Refresh accounts and log", size="sm")
 
     def add_user(user_name: str, user_password: str, user_role: str):
@@ -155,7 +164,10 @@ def build_accounts(ws: Workspace) -> None:
     refresh.click(lambda: _admin_view(ws), outputs=[note, users, events], api_name="system_audit")
     add.click(add_user, [name, password, role], [note, users, events, password], api_name="users_add")
     remove.click(remove_user, [name], [note, users, events], api_name="users_remove")
+    # filled when the page loads, for an admin; anyone else sees the headers and why they are empty
     note.attach_load_event(lambda: _admin_view(ws)[0], None)
+    users.attach_load_event(lambda: _admin_view(ws)[1], None)
+    events.attach_load_event(lambda: _admin_view(ws)[2], None)
 
 
 def build(ws: Workspace) -> None:
