@@ -62,7 +62,7 @@ def test_across_precisions_a_small_drift_passes_and_is_reported(server):
     # Chat (4-bit) said one word differently; the served 16-bit model says exactly what the export's weights say
     result = verify(Served(url=server.url), _across("Refunds go to your bank card.", "Where do refunds go?"))
     assert result["items"][0]["match"] and not result["same_weights"]
-    assert result["rule"].startswith("across precisions") and f"{DRIFT_MIN_AGREEMENT:.2f}" in result["rule"]
+    assert result["rule"].startswith("across precisions") and f"{DRIFT_MIN_AGREEMENT:.0%}" in result["rule"]
     drift = result["drift"]
     assert drift["unit"] == "words" and drift["identical"] == 0 and drift["first_difference"] == 4
     assert DRIFT_MIN_AGREEMENT <= drift["mean_agreement"] < 1 and result["verdict"] == "passed"
@@ -91,7 +91,7 @@ def test_the_publish_tab_shows_the_rule_the_golden_set_and_the_drift(server):
     md = verification_markdown(dep)
     assert "golden set **support golden set**" in md and "with the dataset's system prompt" in md
     assert "Pass rule — across precisions (Chat: nf4-4bit+bfloat16, export: bfloat16)" in md
-    assert "Drift from Chat" in md and "| 0.91 agree, from token 4 |" in md
+    assert "Drift from Chat" in md and "| 91% the same; differs from token 4 |" in md
 
 
 @pytest.mark.slow

@@ -119,7 +119,7 @@ def verification_markdown(dep: deployments.Deployment) -> str:
             cell = (item.get("diff") or item["endpoint"]) if not item["match"] else item["endpoint"]
             drift = item.get("drift") or {}
             moved = ("none" if drift.get("first_difference") is None else
-                     f"{drift['agreement']:.2f} agree, from token {drift['first_difference']}") if drift else ""
+                     f"{drift['agreement']:.0%} the same; differs from token {drift['first_difference']}") if drift else ""
             lines.append(f"| {'=' if item['match'] else '≠'} | {_cell(item['prompt'])} | "
                          f"{_cell(item['studio'])} ({item['studio_finish']}) | {_cell(cell)} "
                          f"({item['endpoint_finish']}) | {_cell(why)} | {moved} |")

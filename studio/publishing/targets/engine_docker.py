@@ -35,19 +35,10 @@ class SglangDockerOptions(ContainerOptions):
 
 
 class _OpenAIEngineTarget(ContainerTarget):
-    def launch(self, source: RunSource, export_dir: str) -> docker.Launch:
-        o = self.options
-        limits = self.limits(source)
-        base = self.base_source(source)
-        return docker.Launch(
-            export_dir=export_dir, mount_dir=str(self.ws.exports_dir), container=self.container(),
-            max_input_tokens=limits.max_input_tokens, max_total_tokens=limits.max_total_tokens,
-            engine=self.engine, image=o.image, tag=o.tag, gpus=o.gpus, host=o.host, port=o.port,
-            base_model=base, adapter_name=None if o.merged else source.adapter_name,
-            served_name=source.adapter_name if o.merged else source.base_model,
-            max_lora_rank=self.max_lora_rank(source), api_key=bool(o.api_key),
-            env=("HF_TOKEN",) if base and not base.startswith("/") else (),  # a hub base model is downloaded
-        )
+    def engine_fields(self, source: RunSource) -> dict:
+        merged = self.options.merged
+        return {"served_name": source.adapter_name if merged else source.base_model,
+                "max_lora_rank": self.max_lora_rank(source)}
 
     def max_lora_rank(self, source: RunSource) -> int:
         return _lora_rank(source.lora_r)

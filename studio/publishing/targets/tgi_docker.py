@@ -69,7 +69,22 @@ class ContainerTarget(Target):
                            basis=basis)
 
     def launch(self, source: RunSource, export_dir: str) -> docker.Launch:
-        raise NotImplementedError
+        """The container to start: what every engine shares here, plus `engine_fields` of this engine."""
+        o = self.options
+        limits = self.limits(source)
+        base = self.base_source(source)
+        return docker.Launch(
+            export_dir=export_dir, mount_dir=str(self.ws.exports_dir), container=self.container(),
+            max_input_tokens=limits.max_input_tokens, max_total_tokens=limits.max_total_tokens,
+            engine=self.engine, image=o.image, tag=o.tag, gpus=o.gpus, host=o.host, port=o.port,
+            base_model=base, adapter_name=None if o.merged else source.adapter_name, api_key=bool(o.api_key),
+            env=("HF_TOKEN",) if base and not base.startswith("/") else (),  # a hub base model is downloaded
+            **self.engine_fields(source),
+        )
+
+    def engine_fields(self, source: RunSource) -> dict:
+        """The Launch fields only this engine sets (its quantisation, served name, LoRA rank)."""
+        return {}
 
     def served(self, source: RunSource, launch: docker.Launch, url: str) -> Served:
         raise NotImplementedError
@@ -140,17 +155,8 @@ class DockerTarget(ContainerTarget):
             "Docker engine, get the exact command and a compose file to run elsewhere.")
     Options = DockerOptions
 
-    def launch(self, source: RunSource, export_dir: str) -> docker.Launch:
-        o = self.options
-        limits = self.limits(source)
-        base = self.base_source(source)
-        return docker.Launch(
-            export_dir=export_dir, mount_dir=str(self.ws.exports_dir), container=self.container(),
-            max_input_tokens=limits.max_input_tokens, max_total_tokens=limits.max_total_tokens, engine="tgi",
-            image=o.image, tag=o.tag, gpus=o.gpus, host=o.host, port=o.port, quantize=o.quantize,
-            base_model=base, adapter_name=None if o.merged else source.adapter_name, api_key=bool(o.api_key),
-            env=("HF_TOKEN",) if base and not base.startswith("/") else (),  # TGI downloads a hub base model
-        )
+    def engine_fields(self, source: RunSource) -> dict:
+        return {"quantize": self.options.quantize}
 
     def limits(self, source: RunSource) -> TokenLimits:
         o = self.options
