@@ -4,6 +4,7 @@
 # shapes at 2048 tokens, with the fit check's estimate beside each measured peak. One call, ~8 minutes
 # on one H100, no network: the wheels come from ../shared/gpu/fetch-wheels.sh (carried as .whl/).
 #
+#   ../shared/gpu/fetch-wheels.sh && python bench/unsloth_pack.py   # here first: .whl/ (keep it <= 64 MiB)
 #   OUT=/some/folder bench/gpu_check.sh            # on the GPU machine, from the project root
 #   PYTHON=.venv/bin/python SKIP_WHEELS=1 SHAPES=tiny MAX_LENGTH=128 MEDIAN=40 OUT=/tmp/gc bench/gpu_check.sh
 #                                                  # the same flow on a CPU, in seconds (its test)
@@ -19,8 +20,10 @@ MEDIAN=${MEDIAN:-400}
 # In order of importance: what does not fit in the time left is skipped (and listed as skipped). The
 # baseline runs twice: the first configuration on a fresh machine measured ~20% slow once (see RESULTS.md),
 # and ratios are taken against the faster of the two.
-CONFIGS_8B=${CONFIGS_8B:-baseline,studio,packed-mb2,packed,packed-liger,packed-nockpt,best,baseline,low-memory,packed-sac,packed-flex}
-CONFIGS_SMALL=${CONFIGS_SMALL:-baseline,studio,packed,packed-liger,packed-nockpt,best}
+# Issue 14 first: the balanced preset as it ships against Unsloth and the careful hand-written baseline, then
+# one change at a time, then the other presets as they ship.
+CONFIGS_8B=${CONFIGS_8B:-baseline-packed,studio,unsloth,packed-varlen,packed-liger,packed-nockpt,best,baseline,quality,low-memory,long-context,packed-sac,packed-flex}
+CONFIGS_SMALL=${CONFIGS_SMALL:-studio,unsloth,baseline-packed,packed-varlen,best}
 start=$(date +%s)
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
@@ -38,6 +41,14 @@ if [ -z "${SKIP_WHEELS:-}" ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-match \
       .whl/match/*.whl && export PYTHONPATH=/tmp/site-match:/tmp/site:$PWD
   fi
+fi
+
+# Unsloth, unsloth_zoo and the trl they pin (bench/unsloth_pack.py): only Unsloth's worker process sees them.
+if [ -f .whl/unsloth-site.zip ]; then
+  rm -rf /tmp/unsloth-site && $PY -m zipfile -e .whl/unsloth-site.zip /tmp/unsloth-site \
+    && export UNSLOTH_SITE=/tmp/unsloth-site
+  PYTHONPATH=/tmp/unsloth-site:${PYTHONPATH:-} $PY -c "import unsloth, trl; print('unsloth', unsloth.__version__, 'trl', trl.__version__)" \
+    2>&1 | tail -3
 fi
 
 # A 20-second smoke test of both paths on a tiny model (4-bit on a GPU) before the long runs; if the
@@ -66,7 +77,7 @@ import importlib, platform
 from importlib import metadata
 print("python", platform.python_version())
 for name in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "bitsandbytes", "liger_kernel",
-             "pydantic", "triton"):
+             "pydantic", "triton", "torchao"):
     try:
         importlib.import_module(name)
         print(name, metadata.version(name.replace("_", "-")))

@@ -29,19 +29,23 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-PEAK_BF16_FLOPS = 989e12  # dense bf16 of an H100 SXM (and H200), vendor data sheet
-GIB = 1024**3
-# Catalog entries whose shapes the benchmark builds; "tiny" is for the CPU test.
-SHAPES = {"llama-8b": "meta-llama/Llama-3.1-8B-Instruct", "llama-1b": "meta-llama/Llama-3.2-1B-Instruct"}
-TIED = {"llama-1b", "tiny"}  # Llama 3.2 1B shares its embedding and LM head; 3.1 8B does not
-TINY = dict(hidden=64, layers=2, intermediate=176, heads=4, kv_heads=2, vocab=512)
-SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "[UNK]", "user", "assistant", "system"]
-TEMPLATE_TOKENS = 6  # <|im_start|> user ... <|im_end|> <|im_start|> assistant ... <|im_end|>
+from bench import qlora_paths as paths  # noqa: E402
+from bench.measure import GIB, fit_estimate, make_clock, summarise  # noqa: E402
+from bench.qlora_paths import TokenCounter  # noqa: E402,F401 - the tests use it from here
+from bench.synthetic import (  # noqa: E402,F401 - the tests use them from here
+    SHAPES,
+    build_model,
+    ensure_model,
+    shape_of,
+    synthetic_rows,
+    word_tokenizer,
+)
 
 
 @dataclass
 class Variant:
-    """One configuration. `kind` baseline = plain HF Trainer; studio = the preset through studio's recipe."""
+    """One configuration. `kind`: baseline (HF Trainer + peft, padded), baseline-packed (the same, padding-free),
+    studio (the preset through the studio's recipe) or unsloth (Unsloth's FastLanguageModel); bench/qlora_paths.py."""
 
     name: str
     kind: str = "studio"
@@ -72,13 +76,22 @@ VARIANTS = [
                                                                                   "selective": True}},
             about="balanced + TRL selective activation checkpointing"),
     Variant("packed-flex", settings=PACKED, attn="flex_attention", about="balanced + flex attention"),
+    Variant("packed-varlen", settings=PACKED, attn="studio_varlen",
+            about="balanced + torch's varlen attention kernel (no dense mask over a packed micro-batch)"),
+    Variant("baseline-packed", "baseline-packed", settings=PACKED,
+            about="HF Trainer + peft + bitsandbytes with padding-free packing (DataCollatorWithFlattening), "
+                  "as many rows per micro-batch as the studio's 2 x max-length tokens"),
+    Variant("unsloth", "unsloth", settings=PACKED,
+            about="Unsloth's FastLanguageModel 4-bit + its LoRA kernels and checkpointing, TRL packing, dropout 0"),
+    Variant("quality", preset="quality", about="the quality preset as it ships"),
+    Variant("long-context", preset="long-context", about="the long-context preset as it ships"),
     Variant("low-memory", preset="low-memory", settings={"max_length": 1024},
             about="the low-memory preset as it is (1 x 1024 tokens, r=8)"),
 ]  # fmt: skip
 BY_NAME = {v.name: v for v in VARIANTS}
 # "best" is composed during the run: the balanced preset (packed) plus every single change above that beat it.
 # The packed-* variants are the balanced preset (packing on) with one change each.
-SINGLE_CHANGES = ("packed-liger", "packed-nockpt", "packed-sac", "packed-flex")
+SINGLE_CHANGES = ("packed-liger", "packed-nockpt", "packed-sac", "packed-flex", "packed-varlen")
 KEEP_IF_FASTER = 1.03  # a change must add at least 3% tokens/s (more than run-to-run noise) to be kept
 
 
@@ -105,207 +118,6 @@ def compose_best(results: list, shape: str) -> Variant | None:
     return best
 
 
-# ----------------------------------------------------------------------------- model and data
-def shape_of(name: str):
-    from studio.models.catalog import Shape, catalog_entry
-
-    return Shape(**TINY) if name == "tiny" else catalog_entry(SHAPES[name]).shape
-
-
-def word_tokenizer(vocab: int):
-    """One token per word `w<id>`, so synthetic rows have exactly the lengths drawn; ChatML like the studio."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from studio.models.demo import CHATML
-
-    table = {tok: i for i, tok in enumerate(SPECIAL)}
-    table.update({f"w{i}": i for i in range(len(SPECIAL), vocab)})
-    core = Tokenizer(models.WordLevel(table, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token="[UNK]",
-        additional_special_tokens=["<|im_start|>"], model_input_names=["input_ids", "attention_mask"],
-        chat_template=CHATML,
-    )  # fmt: skip
-
-
-def build_model(shape_name: str, out: Path) -> dict:
-    """A random-weight Llama of the named shape, built on the GPU in bf16 (CPU: fp32), saved like a hub model."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    shape = shape_of(shape_name)
-    tok = word_tokenizer(shape.vocab)
-    config = LlamaConfig(
-        vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
-        max_position_embeddings=8192, rope_theta=500000.0, tie_word_embeddings=shape_name in TIED,
-        bos_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    )  # fmt: skip
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    started = time.perf_counter()
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = LlamaForCausalLM(config)
-    finally:
-        torch.set_default_dtype(previous)
-    params = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(out, max_shard_size="4GB")
-    tok.save_pretrained(out)
-    info = {"shape": shape_name, "params": params, "build_s": round(time.perf_counter() - started, 1)}
-    (out / "bench-model.json").write_text(json.dumps(info))
-    return info
-
-
-def ensure_model(shape_name: str, models_dir: Path) -> tuple[Path, dict]:
-    out = models_dir / shape_name
-    if not (out / "bench-model.json").exists():
-        shutil.rmtree(out, ignore_errors=True)
-        out.mkdir(parents=True)
-        build_model(shape_name, out)
-    return out, json.loads((out / "bench-model.json").read_text())
-
-
-def synthetic_rows(n: int, vocab: int, max_length: int, median: int, seed: int = 0, sigma: float = 0.7) -> list:
-    """Chat rows whose rendered lengths are log-normal (median `median`, capped at max_length).
-
-    Words are Zipf-distributed, so the loss has something to learn; the answer is 20-60% of each row.
-    """
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    lengths = np.clip(rng.lognormal(np.log(median), sigma, n).astype(int), TEMPLATE_TOKENS + 4, max_length)
-    first = len(SPECIAL)
-
-    def words(count: int) -> str:
-        ids = first + (rng.zipf(1.3, count) - 1) % (vocab - first)
-        return " ".join(f"w{i}" for i in ids)
-
-    rows = []
-    for total in lengths:
-        body = int(total) - TEMPLATE_TOKENS
-        answer = max(2, int(body * rng.uniform(0.2, 0.6)))
-        rows.append({"messages": [{"role": "user", "content": words(max(1, body - answer))},
-                                  {"role": "assistant", "content": words(answer)}]})  # fmt: skip
-    return rows
-
-
-# ----------------------------------------------------------------------------- measuring
-class TokenCounter:
-    """Wraps a data collator; records real (non-pad), processed and trained tokens of each micro-batch."""
-
-    def __init__(self, collate, pad_id: int):
-        self.collate, self.pad_id, self.batches = collate, pad_id, []
-
-    def __call__(self, features):
-        batch = self.collate(features)
-        ids = batch["input_ids"]
-        labels = batch.get("labels")
-        trained = int((labels != -100).sum()) if labels is not None else 0
-        self.batches.append({"real": int((ids != self.pad_id).sum()), "shape": list(ids.shape), "trained": trained})
-        return batch
-
-
-def make_clock():
-    import torch
-    from transformers import TrainerCallback
-
-    class Clock(TrainerCallback):
-        """A synchronized timestamp after every micro-batch; the loss of every optimizer step."""
-
-        def __init__(self):
-            self.marks, self.losses, self.start_allocated = [], [], 0
-
-        def _mark(self):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            self.marks.append(time.perf_counter())
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-                self.start_allocated = torch.cuda.memory_allocated()
-            self._mark()
-
-        def on_substep_end(self, args, state, control, **kwargs):
-            self._mark()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            self._mark()
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                self.losses.append(round(float(logs["loss"]), 4))
-
-    return Clock()
-
-
-def summarise(clock, counter: TokenCounter, grad_accum: int, warmup_steps: int, params: int, ckpt: bool) -> dict:
-    """Medians over measured micro-batches (the first `warmup_steps` optimizer steps are left out)."""
-    durations = [b - a for a, b in zip(clock.marks, clock.marks[1:], strict=False)]
-    n = min(len(durations), len(counter.batches))
-    keep = range(min(warmup_steps * grad_accum, max(n - 1, 0)), n)
-    real = [counter.batches[i]["real"] for i in keep]
-    processed = [counter.batches[i]["shape"][0] * counter.batches[i]["shape"][1] for i in keep]
-    spent = [durations[i] for i in keep]
-    rate = statistics.median(r / s for r, s in zip(real, spent, strict=True)) if keep else 0.0
-    out = {
-        "micro_batches": n,
-        "measured_micro_batches": len(keep),
-        "tokens_per_s": round(rate, 1),
-        "tokens_per_s_total": round(sum(real) / sum(spent), 1) if keep else 0.0,
-        "median_micro_batch_s": round(statistics.median(spent), 4) if keep else None,
-        "real_tokens_per_micro_batch": round(statistics.mean(real), 1) if keep else 0,
-        "padding_share": round(1 - sum(real) / sum(processed), 3) if keep else None,
-        "longest_row_seen": max(b["shape"][1] for b in counter.batches[:n]) if n else 0,
-        "first_losses": clock.losses[:6],
-        "micro_batch_s": [round(durations[i], 4) for i in range(n)],  # warm-up included, for diagnosis
-        "micro_batch_real_tokens": [counter.batches[i]["real"] for i in range(n)],
-    }
-    import torch
-
-    if torch.cuda.is_available():
-        free, total = torch.cuda.mem_get_info()
-        reserved = torch.cuda.memory_reserved()
-        out.update(
-            mfu=round(4 * params * rate / PEAK_BF16_FLOPS, 4),
-            hfu=round((6 if ckpt else 4) * params * rate / PEAK_BF16_FLOPS, 4),
-            weights_gb=round(clock.start_allocated / GIB, 2),
-            peak_allocated_gb=round(torch.cuda.max_memory_allocated() / GIB, 2),
-            peak_reserved_gb=round(torch.cuda.max_memory_reserved() / GIB, 2),
-            cuda_context_gb=round((total - free - reserved) / GIB, 2),
-        )
-        out["device_peak_gb"] = round(out["peak_reserved_gb"] + out["cuda_context_gb"], 2)
-    return out
-
-
-def fit_estimate(shape, cfg, rows: list, tok, longest_seen: int) -> dict:
-    """The studio's fit check for this run: as it would predict from the dataset, and for the longest row seen."""
-    import torch
-
-    from studio.training import fitcheck
-
-    lengths = [len(tok.apply_chat_template(r["messages"], tokenize=True, return_dict=False)) for r in rows]
-    stats = {"rows": len(rows), "mean_tokens": statistics.mean(lengths), "max_tokens": max(lengths)}
-    gpu = None
-    if torch.cuda.is_available():
-        gpu = {"index": 0, "name": torch.cuda.get_device_name(0), "memory_free_bytes": torch.cuda.mem_get_info()[1]}
-    planned = fitcheck.estimate(shape, cfg, stats, gpu, suggest=False)
-    seen = fitcheck.estimate(shape, cfg, {**stats, "max_tokens": longest_seen}, gpu, suggest=False)
-    parts = ("weights_bytes", "adapter_bytes", "activations_bytes", "overhead_bytes", "peak_bytes")
-    return {
-        "estimate_gb": round(planned.peak_bytes / GIB, 2),
-        "estimate_seen_gb": round(seen.peak_bytes / GIB, 2),
-        "estimate_seen_parts_gb": {k.removesuffix("_bytes"): round(getattr(seen, k) / GIB, 2) for k in parts},
-    }
-
-
 # ----------------------------------------------------------------------------- the two paths
 def bench_config(variant: Variant, max_length: int, steps: int):
     from studio.training.presets import build_config
@@ -314,76 +126,12 @@ def bench_config(variant: Variant, max_length: int, steps: int):
     return build_config("bench-model", "bench-synthetic", variant.preset, settings)
 
 
-def train_baseline(cfg, model_dir: Path, rows: list, tok, out_dir: str, counter_pad: int):
-    """What most studios run: transformers Trainer + peft + bitsandbytes, padded batches, no packing."""
-    import datasets
-    import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from transformers import (
-        AutoModelForCausalLM,
-        BitsAndBytesConfig,
-        DataCollatorForSeq2Seq,
-        Trainer,
-        TrainingArguments,
-    )
-
-    cuda = torch.cuda.is_available()
-    quant = BitsAndBytesConfig(
-        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    ) if cuda else None  # fmt: skip
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, quantization_config=quant, dtype=torch.bfloat16 if cuda else torch.float32,
-        attn_implementation="sdpa", device_map={"": 0} if cuda else None,
-    )  # fmt: skip
-    model.config.use_cache = False
-    if cuda:  # fp32 embeddings/head/norms, frozen base, input grads for checkpointing: peft's QLoRA recipe
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
-    else:
-        model.enable_input_require_grads()
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                             target_modules=targets, task_type="CAUSAL_LM"))  # fmt: skip
-    encoded = []
-    for row in rows:  # answers-only loss, as TRL does for prompt/completion rows
-        prompt = tok.apply_chat_template(row["messages"][:-1], add_generation_prompt=True, tokenize=False)
-        full = tok.apply_chat_template(row["messages"], tokenize=False)
-        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        ids = tok(full, add_special_tokens=False)["input_ids"][: cfg.max_length]
-        labels = ([-100] * len(p_ids) + ids[len(p_ids):])[: len(ids)]
-        encoded.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels})
-    args = TrainingArguments(
-        output_dir=out_dir, per_device_train_batch_size=cfg.micro_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation, learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_schedule, warmup_steps=cfg.warmup_ratio, max_steps=cfg.max_steps,
-        weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm, gradient_checkpointing=True,
-        bf16=cuda, use_cpu=not cuda, logging_steps=1, save_strategy="no", report_to="none", seed=cfg.seed,
-        data_seed=cfg.seed, disable_tqdm=True,
-    )  # fmt: skip
-    counter = TokenCounter(DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100), counter_pad)
-    trainer = Trainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(encoded),
-                      data_collator=counter)  # fmt: skip
-    return trainer, counter, True
-
-
-def train_studio(cfg, variant: Variant, model_dir: Path, rows: list, tok, out_dir: str, counter_pad: int):
-    """Exactly what the preset runs: studio.training.recipe's translators + TRL's SFTTrainer."""
-    import datasets
-    from trl import SFTTrainer
-
-    from studio.training import recipe
-
-    model = recipe.load_base_model(cfg, str(model_dir))
-    if variant.attn:
-        model.set_attn_implementation(variant.attn)
-    args = recipe.sft_config(cfg, out_dir, logging_steps=1, save_strategy="no", eval_strategy="no", **variant.sft)
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=recipe.to_prompt_completion(datasets.Dataset.from_list(rows)),
-        processing_class=tok, peft_config=recipe.lora_config(cfg, recipe.default_target_modules(model)),
-    )  # fmt: skip
-    counter = TokenCounter(trainer.data_collator, counter_pad)
-    trainer.data_collator = counter
-    return trainer, counter, cfg.gradient_checkpointing
+def rows_per_micro_batch(cfg, rows: list, tok) -> int:
+    """Whole rows per micro-batch for a path that flattens a batch of rows: as many as the studio packs tokens
+    into one micro-batch (micro_batch_size sequences of max_length), at the rows' mean length."""
+    lengths = [min(len(tok.apply_chat_template(r["messages"], tokenize=True, return_dict=False)), cfg.max_length)
+               for r in rows[:256]]  # fmt: skip
+    return max(1, round(cfg.micro_batch_size * cfg.max_length / statistics.mean(lengths)))
 
 
 def run_one(variant: Variant, shape_name: str, model_dir: Path, max_length: int, warmup: int, steps: int, median: int):
@@ -399,10 +147,16 @@ def run_one(variant: Variant, shape_name: str, model_dir: Path, max_length: int,
     rows = synthetic_rows(per_step * (warmup + steps) + 64, shape.vocab, max_length, median)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-run-") as out_dir:
-        if variant.kind == "baseline":
-            trainer, counter, ckpt = train_baseline(cfg, model_dir, rows, tok, out_dir, tok.pad_token_id)
+        if variant.kind in ("baseline", "baseline-packed"):
+            packed = variant.kind == "baseline-packed"
+            if packed:  # as many whole rows per micro-batch as the studio packs tokens into one
+                cfg = cfg.model_copy(update={"micro_batch_size": rows_per_micro_batch(cfg, rows, tok)})
+            trainer, counter, ckpt = paths.train_baseline(cfg, model_dir, rows, tok, out_dir, tok.pad_token_id,
+                                                          packed=packed)  # fmt: skip
+        elif variant.kind == "unsloth":
+            trainer, counter, ckpt = paths.train_unsloth(cfg, model_dir, rows, tok, out_dir, tok.pad_token_id)
         else:
-            trainer, counter, ckpt = train_studio(cfg, variant, model_dir, rows, tok, out_dir, tok.pad_token_id)
+            trainer, counter, ckpt = paths.train_studio(cfg, variant, model_dir, rows, tok, out_dir, tok.pad_token_id)
         ready = time.perf_counter()
         clock = make_clock()
         trainer.add_callback(clock)
@@ -450,7 +204,7 @@ def table(rows: list) -> str:
             f"{r.get('estimate_seen_gb', '–')} | {'–' if err is None else f'{err:+.0%}'} | "
             f"{', '.join(str(x) for x in r['first_losses'][:3])} |"
         )
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", *versus_unsloth(rows)]) + "\n"
 
 
 def default_models_dir() -> Path:
@@ -484,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.worker:  # child: measure one configuration, write its JSON
         variant = Variant(**json.loads(args.variant_json)) if args.variant_json else BY_NAME[args.worker]
+        if variant.kind == "unsloth":
+            import unsloth  # noqa: F401 - first, before transformers, peft and trl: it patches them
         result = run_one(variant, args.shape, models_dir / args.shape, *measure)
         (args.out / f"{args.shape}-{args.worker}.json").write_text(json.dumps(result))
         return 0
@@ -523,7 +279,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 timeout = None if left == float("inf") else max(left - 5, 10)
                 spec = ["--variant-json", json.dumps(asdict(variant))] if name == "best" else []
-                subprocess.run([*child, "--worker", name, *spec], check=True, timeout=timeout)
+                done = subprocess.run([*child, "--worker", name, *spec], timeout=timeout, env=worker_env(variant),
+                                      stderr=subprocess.PIPE, text=True)  # fmt: skip
+                sys.stderr.write(done.stderr)
+                if done.returncode:  # the child's own last words say why, e.g. "No module named 'unsloth'"
+                    last = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no output"]
+                    raise RuntimeError(f"exit {done.returncode}: {last[0].strip()}")
                 child_file = args.out / f"{args.shape}-{name}.json"
                 result = json.loads(child_file.read_text())
                 child_file.unlink()
@@ -541,6 +302,35 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.md").write_text(table(results))
     print(table(results), flush=True)
     return 0
+
+
+def worker_env(variant: Variant) -> dict:
+    """Unsloth's process sees its own packages first (UNSLOTH_SITE: Unsloth, unsloth_zoo and the trl it pins,
+    unpacked by bench/unsloth_pack.py); every other configuration runs without them."""
+    import os
+
+    env = dict(os.environ)
+    site = env.get("UNSLOTH_SITE")
+    if variant.kind == "unsloth" and site:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (site, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def versus_unsloth(rows: list) -> list[str]:
+    """The summary line per shape, exactly: `studio vs Unsloth (<GPU>, <shape>, <len>): <x.xx>x tokens/s,
+    <y.yy>x peak memory, <preset>` for the balanced preset as it ships ("studio") against Unsloth."""
+    lines = []
+    for shape in dict.fromkeys(r.get("shape") for r in rows):
+        done = {r["config"]: r for r in rows if r.get("shape") == shape and "tokens_per_s" in r}
+        ours, theirs = done.get("studio"), done.get("unsloth")
+        if not ours or not theirs or not theirs["tokens_per_s"]:
+            continue
+        memory = (f"{ours['device_peak_gb'] / theirs['device_peak_gb']:.2f}x" if theirs.get("device_peak_gb")
+                  and ours.get("device_peak_gb") else "n/a")  # fmt: skip
+        lines.append(f"studio vs Unsloth ({ours['device']}, {shape}, {ours['max_length']}): "
+                     f"{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x tokens/s, {memory} peak memory, "
+                     f"{ours['preset']}")  # fmt: skip
+    return lines
 
 
 def log(text: str) -> None:

@@ -69,15 +69,48 @@ def test_best_keeps_only_changes_that_help():
     assert bench.compose_best(results[1:], "s") is None
 
 
+def test_varlen_attention_keeps_packed_rows_apart(tmp_path):
+    """The varlen candidate (studio/training/attention.py) on a packed sequence: the same logits as SDPA with
+    transformers' block-diagonal mask, and each row's as it gives alone (here its per-row reference path;
+    the CUDA kernel itself runs in bench/gpu_check.sh)."""
+    import torch
+
+    from studio.training import attention, recipe
+
+    bench.build_model("tiny", tmp_path)
+    cfg = bench.bench_config(bench.BY_NAME["packed"], 128, 1)
+    model = recipe.load_base_model(cfg, str(tmp_path)).eval()
+    a, b = torch.randint(8, 500, (1, 30)), torch.randint(8, 500, (1, 20))
+    ids, positions = torch.cat([a, b], 1), torch.cat([torch.arange(30), torch.arange(20)]).unsqueeze(0)
+    with torch.no_grad():
+        dense = model(input_ids=ids, position_ids=positions).logits
+        model.set_attn_implementation(attention.register())
+        varlen, alone_b = model(input_ids=ids, position_ids=positions).logits, model(b).logits
+    assert torch.allclose(varlen, dense, atol=1e-5)
+    assert torch.allclose(varlen[:, 30:], alone_b, atol=1e-5)
+    cu, longest = attention.boundaries(positions, 1, 50, "cpu")
+    assert cu.tolist() == [0, 30, 50] and longest == 30
+
+
+def test_the_unsloth_summary_line_has_the_agreed_form():
+    def row(config, tps, peak):
+        return {"config": config, "shape": "llama-8b", "max_length": 2048, "tokens_per_s": tps, "preset": "balanced",
+                "device_peak_gb": peak, "device": "NVIDIA H200"}
+
+    lines = bench.versus_unsloth([row("studio", 6000, 9.0), row("unsloth", 5000, 10.0), row("baseline", 2000, 30)])
+    assert lines == ["studio vs Unsloth (NVIDIA H200, llama-8b, 2048): 1.20x tokens/s, 0.90x peak memory, balanced"]
+    assert bench.versus_unsloth([row("studio", 6000, 9.0)]) == []  # Unsloth not measured: no line
+
+
 @pytest.mark.slow
 def test_benchmark_runs_baseline_and_studio_on_cpu(tmp_path):
     out = tmp_path / "out"
     code = bench.main(["--shape", "tiny", "--max-length", "128", "--median", "40", "--configs",
-                       "baseline,studio,padded", "--in-process", "--out", str(out), "--steps", "1",
+                       "baseline,studio,padded,baseline-packed,packed-varlen", "--in-process", "--out", str(out), "--steps", "1",
                        "--models-dir", str(tmp_path / "models")])  # fmt: skip
     assert code == 0
     results = {r["config"]: r for r in json.loads((out / "results.json").read_text())}
-    assert set(results) == {"baseline", "studio", "padded"}
+    assert set(results) == {"baseline", "studio", "padded", "baseline-packed", "packed-varlen"}
     assert not any("error" in r for r in results.values())
     base, studio, padded = results["baseline"], results["studio"], results["padded"]
     for r in results.values():
@@ -90,5 +123,28 @@ def test_benchmark_runs_baseline_and_studio_on_cpu(tmp_path):
     assert len(base["first_losses"]) == 2
     assert base["padding_share"] > 0.1 and studio["padding_share"] == 0 and studio["packing"]
     assert studio["real_tokens_per_micro_batch"] > base["real_tokens_per_micro_batch"]
+    # The careful hand-written baseline packs whole rows without padding, about as many tokens as the studio.
+    careful = results["baseline-packed"]
+    assert careful["padding_share"] == 0 and careful["micro_batch"] > 1
+    assert careful["real_tokens_per_micro_batch"] > base["real_tokens_per_micro_batch"]
+    # The varlen attention changes how attention is computed, not what: the same first loss as the preset.
+    assert results["packed-varlen"]["first_losses"][0] == pytest.approx(studio["first_losses"][0], abs=1e-3)
     table = (out / "results.md").read_text()
-    assert table.count("\n| tiny | 128 |") == 3 and "tokens/s" in table
+    assert table.count("\n| tiny | 128 |") == 5 and "tokens/s" in table
+
+
+def test_unsloth_pack_follows_what_import_loads(tmp_path):
+    """bench/unsloth_pack.py's check, on a small package: an import that runs when the package loads and
+    that nothing provides is reported, with the module that needs it; guarded and lazy imports are not."""
+    from bench import unsloth_pack
+
+    pkg = tmp_path / "unsloth"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("import os\nfrom .models import llama\n")
+    (pkg / "models" / "__init__.py").write_text("")
+    (pkg / "models" / "llama.py").write_text(
+        "import torch\nimport missing_needed\ntry:\n    import missing_optional\nexcept ImportError:\n    pass\n"
+        "if is_wandb_available():\n    import wandb\n\ndef later():\n    import missing_lazy\n"
+    )
+    (pkg / "unused.py").write_text("import missing_but_never_loaded\n")
+    assert unsloth_pack.unresolved(tmp_path, roots=("unsloth",)) == {"missing_needed": ["unsloth.models.llama"]}
