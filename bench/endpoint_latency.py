@@ -38,6 +38,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SHAPES = {"llama-1b": "meta-llama/Llama-3.2-1B-Instruct", "llama-8b": "meta-llama/Llama-3.1-8B-Instruct"}
+# a shape small enough for this CPU whose 32k vocabulary makes logits cost what they cost on a real model:
+# 2 x 12.3M embedding/head + 6 layers of 1.6M = 34M parameters
+SMALL_32K = {"vocab": 32000, "hidden": 384, "layers": 6, "intermediate": 1024, "heads": 6, "kv_heads": 2}
 QUESTIONS = [
     "How do I reset my password?", "Where is my order?", "When do orders ship?", "How long do refunds take?",
     "Can I change my delivery address?", "What if tracking has not changed?", "Who pays for returns?",
@@ -62,9 +65,11 @@ def build(shape: str, folder: Path) -> tuple[Path, Path]:
     if shape == "demo-tiny":
         base = folder / "demo-tiny"
     else:
+        from types import SimpleNamespace
+
         from studio.models.catalog import catalog_entry
 
-        s = catalog_entry(SHAPES[shape]).shape
+        s = SimpleNamespace(**SMALL_32K) if shape == "small-32k" else catalog_entry(SHAPES[shape]).shape
         config = LlamaConfig(vocab_size=s.vocab, hidden_size=s.hidden, num_hidden_layers=s.layers,
                              intermediate_size=s.intermediate, num_attention_heads=s.heads,
                              num_key_value_heads=s.kv_heads, max_position_embeddings=4096,
@@ -72,7 +77,8 @@ def build(shape: str, folder: Path) -> tuple[Path, Path]:
                              bos_token_id=None, tie_word_embeddings=shape == "llama-1b")
         torch.manual_seed(0)
         with torch.device("cpu"):
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+            model = AutoModelForCausalLM.from_config(
+                config, dtype=torch.float32 if shape == "small-32k" else torch.bfloat16)
         model.save_pretrained(base)
         tokenizer.save_pretrained(base)
         del model
@@ -204,11 +210,13 @@ def _ms(values: list[float]) -> dict:
             "p90": round(ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] * 1000, 1)}
 
 
-def start_endpoint(base: Path, adapter: Path, port: int, threads: int, log: Path) -> subprocess.Popen:
+def start_endpoint(base: Path, adapter: Path, port: int, threads: int, log: Path,
+                   extra: list[str] | None = None) -> subprocess.Popen:
     import httpx
 
     argv = [sys.executable, "-m", "studio.serving.server", "--model", str(base), "--served-name", "base", "--adapter",
-            f"tuned={adapter}", "--port", str(port), "--threads", str(threads), "--log-level", "warning"]
+            f"tuned={adapter}", "--port", str(port), "--threads", str(threads), "--log-level", "warning",
+            *(extra or [])]
     proc = subprocess.Popen(argv, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.time() + 600
@@ -221,6 +229,91 @@ def start_endpoint(base: Path, adapter: Path, port: int, threads: int, log: Path
         except httpx.HTTPError:
             time.sleep(0.3)
     raise RuntimeError("endpoint did not start")
+
+
+def long_prompt_run(url: str, texts: list[str], long_text: str, running: int, max_new: int) -> dict:
+    """`running` clients stream long answers; once each has 8 tokens, a long prompt arrives. Measured: the
+    running rows' inter-token latency (ITL) before it and while it is prefilled (until its first token),
+    and the long prompt's own time to first token."""
+    import threading
+
+    import httpx
+
+    arrivals: list[list[float]] = [[] for _ in range(running)]
+    ready = threading.Barrier(running + 1)
+
+    def stream(i: int) -> None:
+        body = {"inputs": _chat(texts[i]), "parameters": {"max_new_tokens": max_new, "adapter_id": "tuned"}}
+        with httpx.Client(timeout=600) as client, client.stream("POST", url + "/generate_stream", json=body) as r:
+            for line in r.iter_lines():
+                if line.startswith("data:"):
+                    arrivals[i].append(time.perf_counter())
+                    if len(arrivals[i]) == 8:
+                        ready.wait()
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(running)]
+    for t in threads:
+        t.start()
+    ready.wait()
+    time.sleep(0.2)
+    sent = time.perf_counter()
+    body = {"inputs": long_text, "parameters": {"max_new_tokens": 4, "adapter_id": "tuned"}}
+    first = None
+    with httpx.Client(timeout=600) as client, client.stream("POST", url + "/generate_stream", json=body) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:") and first is None:
+                first = time.perf_counter()
+    for t in threads:
+        t.join()
+    before, during = [], []
+    for times in arrivals:
+        for a, b in zip(times, times[1:], strict=False):
+            if b < sent:
+                before.append(b - a)
+            elif a < first and b > sent:  # a gap that overlaps the long prompt's prefill
+                during.append(b - a)
+    return {"long_ttft_ms": round((first - sent) * 1000, 1),
+            "itl_before_ms": _ms(before) if before else None,
+            "itl_during_ms": {**_ms(during), "max": round(max(during) * 1000, 1)} if during else None,
+            "running_tokens": [len(a) for a in arrivals]}
+
+
+def eval_memory_run(url: str, pid: int, prompt: str, rows: int, asking: int) -> dict:
+    """Peak resident memory of the endpoint process while `rows` requests arrive at once, `asking` of them
+    with decoder_input_details (what the evaluation's held-out loss sends): the rise of VmHWM over a warm
+    endpoint's, read from /proc (the process's high-water mark)."""
+    import httpx
+
+    def hwm() -> int:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def one(i: int) -> None:
+        details = i < asking
+        body = {"inputs": prompt + f" ({i})", "parameters": {
+            "max_new_tokens": 1, "details": details, "decoder_input_details": details, "adapter_id": "tuned"}}
+        httpx.post(url + "/generate", json=body, timeout=600).raise_for_status()
+
+    one(rows)  # warm: a short run of the same kind
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets the high-water mark to the current RSS
+    start = hwm()
+    with ThreadPoolExecutor(rows) as pool:
+        list(pool.map(one, range(rows)))
+    return {"rows": rows, "asking": asking, "peak_rise_mb": round((hwm() - start) / 2**20, 1)}
+
+
+def long_text(tokens: int) -> str:
+    """A prompt of about `tokens` tokens in the adapter's tokenizer."""
+    tokenizer = _TEMPLATE["tokenizer"]
+    words, text = " ".join(QUESTIONS).split(), ""
+    i = 0
+    while True:
+        text += words[i % len(words)] + " "
+        i += 1
+        if i % 50 == 0 and len(tokenizer(text)["input_ids"]) >= tokens:
+            return text
 
 
 def vllm_run(url: str, texts: list[str], clients: int, max_new: int) -> dict:
@@ -290,9 +383,16 @@ def start_vllm(base: Path, adapter: Path, port: int, log: Path) -> subprocess.Po
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--shape", default="demo-tiny", choices=["demo-tiny", *SHAPES])
+    p.add_argument("--shape", default="small-32k", choices=["demo-tiny", "small-32k", *SHAPES])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--clients", default="1,8", help="concurrent clients to measure, comma-separated")
+    p.add_argument("--clients", default="1,8,32", help="concurrent clients to measure, comma-separated")
+    p.add_argument("--max-batch-size", type=int, default=16,
+                   help="the endpoint's --max-batch-size (16: the long prompt finds a free row beside 8 running)")
+    p.add_argument("--long-tokens", type=int, default=2000,
+                   help="the long prompt that arrives while 8 rows decode (0: skip that measurement)")
+    p.add_argument("--memory-tokens", type=int, default=600,
+                   help="prompt length of the decoder_input_details memory measurement (0: skip it)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the in-process model.generate baseline")
     p.add_argument("--requests", type=int, default=32, help="requests per measurement")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads, the same in both (default 1)")
@@ -310,15 +410,23 @@ def main(argv: list[str] | None = None) -> dict:
     _TEMPLATE["tokenizer"] = AutoTokenizer.from_pretrained(adapter)
     texts = prompts(args.requests)
     clients = [int(c) for c in args.clients.split(",")]
-    rows = []
-    for n in clients:
+    rows, extra = [], {}
+    for n in [] if args.no_baseline else clients:
         rows.append({"path": "model.generate (in-process)", "clients": n,
                      **baseline(base, adapter, texts, n, args.max_new_tokens, args.device)})
-    proc = start_endpoint(base, adapter, args.port, args.threads, out / "server.log")
+    url = f"http://127.0.0.1:{args.port}"
+    proc = start_endpoint(base, adapter, args.port, args.threads, out / "server.log",
+                          ["--max-batch-size", str(args.max_batch_size)])
     try:
         for n in clients:
             rows.append({"path": "endpoint over HTTP", "clients": n,
-                         **endpoint_run(f"http://127.0.0.1:{args.port}", texts, n, args.max_new_tokens)})
+                         **endpoint_run(url, texts, n, args.max_new_tokens)})
+        if args.long_tokens:
+            extra["long_prompt"] = {"tokens": args.long_tokens, **long_prompt_run(
+                url, texts, long_text(args.long_tokens), 8, max(args.max_new_tokens, 96))}
+        if args.memory_tokens:
+            prompt = long_text(args.memory_tokens)
+            extra["memory"] = [eval_memory_run(url, proc.pid, prompt, 8, asking) for asking in (0, 1, 8)]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -335,10 +443,11 @@ def main(argv: list[str] | None = None) -> dict:
     facts = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "shape": args.shape, "device": args.device,
         "machine": _machine(args.device), "threads": args.threads, "requests": args.requests,
-        "max_new_tokens": args.max_new_tokens, "load_average_after": os.getloadavg(),
+        "max_new_tokens": args.max_new_tokens, "max_batch_size": args.max_batch_size,
+        "load_average_after": os.getloadavg(),
         "command": "python bench/endpoint_latency.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
-    result = {"facts": facts, "rows": rows}
+    result = {"facts": facts, "rows": rows, **extra}
     (out / "results.json").write_text(json.dumps(result, indent=2))
     print(markdown(result))
     return result
@@ -369,6 +478,14 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['path']} | {r['clients']} | {r['ttft_ms']['median']} | {r['ttft_ms']['p90']} | "
                      f"{r['tokens_per_s']} | {r.get('per_request_tokens_per_s') or '-'} |")
+    if "long_prompt" in result:
+        lp = result["long_prompt"]
+        lines += ["", f"A {lp['tokens']}-token prompt arriving while 8 rows decode: its TTFT {lp['long_ttft_ms']} "
+                      f"ms; the running rows' ITL before it {lp['itl_before_ms']}, while it is prefilled "
+                      f"{lp['itl_during_ms']}"]
+    for m in result.get("memory", []):
+        lines.append(f"- {m['rows']} requests at once, {m['asking']} with decoder_input_details: "
+                     f"peak RSS rise {m['peak_rise_mb']} MB")
     return "\n".join(lines)
 
 

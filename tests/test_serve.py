@@ -256,3 +256,15 @@ def _metric(endpoint, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     return 0.0
+
+
+def test_an_evaluations_requests_are_marked_batch_and_a_bad_mark_is_refused(endpoint):
+    """The evaluation's client sends `X-Studio-Priority: batch` (the engine admits chat before such requests)."""
+    from studio.serving.client import client as studio_client
+
+    before = _metric(endpoint, "studio_admitted_batch_total")
+    assert studio_client(endpoint.url, priority="batch").text_generation("hi", max_new_tokens=2)
+    assert _metric(endpoint, "studio_admitted_batch_total") == before + 1
+    bad = httpx.post(endpoint.url + "/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 2}},
+                     headers={"X-Studio-Priority": "urgent"})
+    assert bad.status_code == 422 and "X-Studio-Priority" in bad.json()["error"]

@@ -137,7 +137,8 @@ def _answer_all(url: str, models: dict[str, str], golden: list[GoldenItem], syst
             tasks.append((index, which, chat_body(model, messages, settings, stream=False)))
     answers: dict[tuple[int, str], str] = {}
     with ThreadPoolExecutor(PARALLEL_REQUESTS) as pool:
-        futures = {pool.submit(complete_chat, url, body): (index, which) for index, which, body in tasks}
+        futures = {pool.submit(complete_chat, url, body, priority="batch"): (index, which)
+                   for index, which, body in tasks}
         for done, future in enumerate(as_completed(futures), 1):
             answers[futures[future]] = future.result()
             progress(0.05 + 0.8 * done / len(futures), f"answered {done} of {len(futures)}")
@@ -164,7 +165,7 @@ def _heldout_loss(ws: Workspace, url: str, run, limit: int) -> dict[str, Any]:
     with heavy_imports():
         from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(run_adapter_dir(ws, run.id))
-    inference = client(url)
+    inference = client(url, priority="batch")  # admitted after chat's requests (the endpoint batches them)
     totals = {which: 0.0 for which in MODELS}
     tokens = used = 0
     for row in rows.select(range(min(limit, len(rows)))):

@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-total-tokens", type=int, default=None,
                    help="prompt + answer limit per request (default: the model's context length)")
     p.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together at most")
+    p.add_argument("--max-batch-rows", type=int, default=None,
+                   help="rows of batch requests (X-Studio-Priority: batch, an evaluation's) in the running batch "
+                        "at most, so chat always finds a row (default: 3/4 of --max-batch-size)")
+    p.add_argument("--prefill-chunk", type=int, default=256,
+                   help="prompt tokens read per forward: a long prompt is read in chunks between decoding steps")
     p.add_argument("--max-concurrent-requests", type=int, default=128,
                    help="requests in flight at most; more get 429 overloaded")
     p.add_argument("--threads", type=int, default=0,
@@ -92,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     threads = cpu_threads(served, args.threads)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    engine = Engine(served, max_batch_size=args.max_batch_size)
+    engine = Engine(served, max_batch_size=args.max_batch_size, max_batch_rows=args.max_batch_rows,
+                    prefill_chunk=args.prefill_chunk)
     app = create_app(served, engine, max_concurrent_requests=args.max_concurrent_requests, api_key=api_key)
     log.info("serving %s on http://%s:%d (%s, %s, %d torch threads, adapters: %s)", served.served_name, args.host,
              args.port, served.device, served.dtype, threads, ", ".join(served.adapters) or "none")

@@ -25,6 +25,7 @@ from studio import __version__
 from studio.serving.server.engine import Engine, Job
 from studio.serving.server.model import Served
 from studio.serving.server.prepare import Prepared, prepare_chat, prepare_generate
+from studio.serving.server.scheduler import PRIORITIES, PRIORITY_HEADER
 from studio.serving.server.schemas import (
     ApiError,
     ChatRequest,
@@ -88,7 +89,14 @@ def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int =
     async def _validation_error(request: Request, exc: RequestValidationError):
         return JSONResponse(invalid(str(exc.errors()[0].get("msg"))).body(), status_code=422)
 
-    async def run(prep: Prepared) -> AsyncIterator[dict]:
+    def priority_of(request: Request) -> str:
+        """`X-Studio-Priority: batch` marks an evaluation's request: admitted after waiting chat requests."""
+        value = request.headers.get(PRIORITY_HEADER, "interactive").strip().lower()
+        if value not in PRIORITIES:
+            raise invalid(f"header X-Studio-Priority must be one of {', '.join(PRIORITIES)}; got `{value}`")
+        return value
+
+    async def run(prep: Prepared, priority: str) -> AsyncIterator[dict]:
         """Submit to the engine and yield its events; abandoning the iterator cancels the request."""
         gate.enter()
         metrics.inc("tgi_request_count")
@@ -102,7 +110,7 @@ def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int =
             except RuntimeError:  # the event loop has shut down
                 pass
 
-        job = Job(prep.input_ids, prep.adapter, prep.fmt, prep.sampling, emit)
+        job = Job(prep.input_ids, prep.adapter, prep.fmt, prep.sampling, emit, priority=priority)
         engine.submit(job)
         try:
             while True:
@@ -133,10 +141,10 @@ def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int =
 
     # ------------------------------------------------------------------ /generate and friends
 
-    async def generate_response(req: GenerateRequest) -> dict:
+    async def generate_response(req: GenerateRequest, priority: str) -> dict:
         prep = prepare_generate(served, req)
         tokens, top, prefill, end = [], [], [], None
-        async for event in run(prep):
+        async for event in run(prep, priority):
             if event["type"] == "token":
                 tokens.append(event["token"])
                 top.append(event.get("top_tokens", []))
@@ -157,7 +165,7 @@ def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int =
                 response["details"]["top_tokens"] = top
         return response
 
-    def generate_stream(req: GenerateRequest) -> StreamingResponse:
+    def generate_stream(req: GenerateRequest, priority: str) -> StreamingResponse:
         prep = prepare_generate(served, req)  # validation errors leave as a 422 before the stream starts
         gate.check()
 
@@ -170,7 +178,7 @@ def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int =
 
         async def token_events() -> AsyncIterator[str]:
             index = 0
-            async for event in run(prep):
+            async for event in run(prep, priority):
                 if event["type"] == "token":
                     index += 1
                     out = {"index": index, "token": event["token"], "generated_text": None, "details": None}
@@ -191,18 +199,18 @@ def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int =
 
     @app.post("/generate")
     async def generate(request: Request):
-        return JSONResponse(await generate_response(await body_of(request, GenerateRequest)))
+        return JSONResponse(await generate_response(await body_of(request, GenerateRequest), priority_of(request)))
 
     @app.post("/generate_stream")
     async def generate_stream_route(request: Request):
-        return generate_stream(await body_of(request, GenerateRequest))
+        return generate_stream(await body_of(request, GenerateRequest), priority_of(request))
 
     @app.post("/")
     async def compat_generate(request: Request):
         req = await body_of(request, CompatGenerateRequest)
         if req.stream:
-            return generate_stream(req)
-        return JSONResponse([await generate_response(req)])
+            return generate_stream(req, priority_of(request))
+        return JSONResponse([await generate_response(req, priority_of(request))])
 
     # ------------------------------------------------------------------ chat completions
 
@@ -210,14 +218,15 @@ def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int =
     async def chat_completions(request: Request):
         req = await body_of(request, ChatRequest)
         prep = prepare_chat(served, req)
+        priority = priority_of(request)
         head = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
                 "model": prep.model_name, "system_fingerprint": fingerprint}
         if req.stream:
             gate.check()
-            return StreamingResponse(chat_stream(req, prep, head), media_type="text/event-stream")
+            return StreamingResponse(chat_stream(req, prep, head, priority), media_type="text/event-stream")
         text = Visible(prep.sampling.stop)
         logprobs, end = [], None
-        async for event in run(prep):
+        async for event in run(prep, priority):
             if event["type"] == "token":
                 if not event["token"]["special"]:
                     text.add(event["token"]["text"])
@@ -238,14 +247,14 @@ def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int =
                       "total_tokens": sum(completion)},
         })
 
-    async def chat_stream(req: ChatRequest, prep: Prepared, head: dict) -> AsyncIterator[str]:
+    async def chat_stream(req: ChatRequest, prep: Prepared, head: dict, priority: str) -> AsyncIterator[str]:
         try:
-            async for chunk in chat_chunks(req, prep, head):
+            async for chunk in chat_chunks(req, prep, head, priority):
                 yield chunk
         except ApiError as exc:
             yield _sse(exc.body(), space=True)
 
-    async def chat_chunks(req: ChatRequest, prep: Prepared, head: dict) -> AsyncIterator[str]:
+    async def chat_chunks(req: ChatRequest, prep: Prepared, head: dict, priority: str) -> AsyncIterator[str]:
         text = Visible(prep.sampling.stop)
         usage = req.stream_options is not None and req.stream_options.include_usage
 
@@ -255,7 +264,7 @@ def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int =
                 "logprobs": {"content": [logprob]} if logprob is not None else None, "finish_reason": finish,
             }], "usage": None}, space=True)
 
-        async for event in run(prep):
+        async for event in run(prep, priority):
             if event["type"] == "token":
                 if not event["token"]["special"]:
                     piece = text.add(event["token"]["text"])
@@ -296,6 +305,7 @@ def create_app(served: Served, engine: Engine, *, max_concurrent_requests: int =
                          for name, fmt in served.adapters.items()],
             "base_chat_template": served.base.template_from or None,
             "batching": "continuous", "max_batch_size": engine.max_batch_size,
+            "max_batch_rows": engine.max_batch_rows, "prefill_chunk": engine.prefill_chunk,
             "device": served.device, "dtype": served.dtype, "quantize": served.quantize,
         }
 

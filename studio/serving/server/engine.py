@@ -1,16 +1,16 @@
 """Generation: one worker thread owns the model and serves every request with continuous batching.
 
-Requests wait in a queue; between two decoding steps the worker takes the waiting ones (up to
-max_batch_size rows in all), prefills them together, and merges their KV cache into the running
-batch (left-padded, each row with its own positions and its own adapter through peft's mixed-batch
-`adapter_names`). A finished or abandoned row leaves the batch at once. So a new request does not
-wait for the others to finish, and no request sees another's tokens: each row has its own cache
-slice, attention mask, sampling settings and random generator.
+Each turn of the loop admits waiting requests into free cache slots (scheduler.py: chat before evaluation),
+runs one chunk of prefill (at most `prefill_chunk` prompt tokens, so a long new prompt is read a piece at a
+time while the running rows keep decoding), then one decoding step for every running row. Each row has its
+own slot in the preallocated KV cache (cache.py), its own positions and attention mask, its own adapter
+(peft's mixed-batch `adapter_names`) and its own sampling settings (sampling.py, chosen on the device for
+the whole batch at once). A finished or abandoned row frees its slot at once, and no request sees another's
+tokens.
 """
 
 from __future__ import annotations
 
-import queue
 import random
 import threading
 import time
@@ -18,27 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from studio.serving.server.cache import SlotCache
 from studio.serving.server.metrics import Metrics
 from studio.serving.server.model import BASE, ChatFormat, Served
+from studio.serving.server.sampling import History, Sampling, pick
+from studio.serving.server.scheduler import Scheduler
+
+__all__ = ["Engine", "Job", "Sampling"]
 
 _MIXED = "\x00mixed"
-
-
-@dataclass
-class Sampling:
-    max_new_tokens: int
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    typical_p: float = 1.0
-    repetition_penalty: float = 1.0
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    top_n_tokens: int = 0
-    prefill_details: bool = False
+PREFILL_CHUNK = 256  # prompt tokens per prefill forward: a decoding step waits at most one such chunk
 
 
 @dataclass
@@ -51,6 +40,7 @@ class Job:
     fmt: ChatFormat
     sampling: Sampling
     emit: Callable[[dict], None]
+    priority: str = "interactive"
     cancelled: threading.Event = field(default_factory=threading.Event)
     created: float = field(default_factory=time.monotonic)
 
@@ -58,29 +48,45 @@ class Job:
 @dataclass
 class _Row:
     job: Job
+    slot: int
+    n_cached: int = 0  # tokens of this row in its cache slot = its next position
     generated: list[int] = field(default_factory=list)
     text: str = ""  # the generated text so far, special tokens included (to find stop sequences)
     prefix_offset: int = 0
     read_offset: int = 0
-    n_cached: int = 0  # real tokens of this row in the KV cache = its next position
     last: int = -1
     seed: int | None = None
-    generator: Any = None
+    history: History | None = None
+    prefill: list[float] = field(default_factory=list)  # prompt log-probabilities, when asked
     finished: bool = False
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_cached < len(self.job.input_ids)
 
 
 class Engine:
-    def __init__(self, served: Served, *, max_batch_size: int = 8, metrics: Metrics | None = None):
+    def __init__(self, served: Served, *, max_batch_size: int = 8, max_batch_rows: int | None = None,
+                 prefill_chunk: int = PREFILL_CHUNK, metrics: Metrics | None = None):
         import torch
 
         self.served = served
         self.torch = torch
         self.max_batch_size = max_batch_size
+        self.max_batch_rows = max_batch_rows or max(1, max_batch_size * 3 // 4)
+        self.prefill_chunk = prefill_chunk
         self.metrics = metrics or Metrics()
+        self.scheduler = Scheduler(self.metrics, self.max_batch_rows)
         self.peft = bool(served.adapters)
         self._mode: str | None = "unset"
         self.device = next(served.model.parameters()).device
-        self._queue: queue.Queue[Job | None] = queue.Queue()
+        config = served.model.config
+        if config._attn_implementation not in ("sdpa", "eager"):  # flash kernels take no 4D mask
+            served.model.set_attn_implementation("sdpa")
+        self._bool_mask = config._attn_implementation == "sdpa"
+        self.cache = SlotCache(max_batch_size, served.max_total_tokens + prefill_chunk, self.device)
+        self.rows: list[_Row] = []  # decoding rows, in slots 0..n-1 (kept so by _compact)
+        self.waiting: list[_Row] = []  # admitted rows still reading their prompt, chat first
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="generation", daemon=True)
         self._thread.start()
@@ -88,8 +94,7 @@ class Engine:
     # ------------------------------------------------------------------ public
 
     def submit(self, job: Job) -> None:
-        self._queue.put(job)
-        self.metrics.gauge("tgi_queue_size", self._queue.qsize())
+        self.scheduler.submit(job)
 
     @property
     def alive(self) -> bool:
@@ -97,121 +102,136 @@ class Engine:
 
     def close(self) -> None:
         self._stop.set()
-        self._queue.put(None)
+        self.scheduler.close()
 
     # ------------------------------------------------------------------ the worker
 
     def _run(self) -> None:
-        rows: list[_Row] = []
-        state: tuple[Any, Any] | None = None  # (cache, attention mask) of the running batch
+        with self.torch.inference_mode():  # the cache and histories are inference tensors, updated in place
+            self._loop()
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
-            jobs = self._take(block=not rows, room=self.max_batch_size - len(rows))
-            if jobs is None:
+            if not self.scheduler.pull(block=not (self.rows or self.waiting)):
                 return
             try:
-                if jobs:
-                    rows, state = self._admit(rows, state, jobs)
-                if rows:
-                    rows, state = self._step(rows, state)
+                self._admit()
+                self._drop_cancelled()
+                if self.waiting:
+                    self._prefill()
+                if self.rows:
+                    self._decode()
             except Exception as exc:  # one failed forward fails the requests in it, not the server
-                for row in rows + [_Row(job) for job in jobs if not any(r.job is job for r in rows)]:
+                for row in self.rows + self.waiting:
                     if not row.finished:
-                        self._error(row.job, f"Request failed during generation: {type(exc).__name__}: {exc}")
-                rows, state = [], None
+                        row.job.emit({"type": "error", "message": "Request failed during generation: "
+                                                                  f"{type(exc).__name__}: {exc}"})
+                self.rows, self.waiting = [], []
                 if self.device.type == "cuda":
                     self.torch.cuda.empty_cache()
-            self.metrics.gauge("tgi_batch_current_size", len(rows))
-            self.metrics.gauge("tgi_queue_size", self._queue.qsize())
+            self.metrics.gauge("tgi_batch_current_size", len(self.rows) + len(self.waiting))
+            self.metrics.gauge("studio_batch_rows", self._batch_running())
 
-    def _take(self, *, block: bool, room: int) -> list[Job] | None:
-        jobs: list[Job] = []
-        if block:
-            job = self._queue.get()
-            if job is None:
-                return None
-            jobs.append(job)
-        while len(jobs) < room:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is None:
-                return None
-            jobs.append(job)
-        return [j for j in jobs if not j.cancelled.is_set()]
+    def _batch_running(self) -> int:
+        return sum(r.job.priority == "batch" for r in self.rows + self.waiting)
 
-    def _admit(self, rows: list[_Row], state, jobs: list[Job]):
-        """Prefill the new jobs together and merge them into the running batch."""
-        torch = self.torch
+    def _admit(self) -> None:
+        used = {r.slot for r in self.rows + self.waiting}
+        free = [s for s in range(self.max_batch_size) if s not in used]
         now = time.monotonic()
-        for job in jobs:
+        for job in self.scheduler.admit(len(free), self._batch_running()):
             self.metrics.observe("tgi_request_queue_duration", now - job.created)
-        width = max(len(j.input_ids) for j in jobs)
-        pad = jobs[0].fmt.tokenizer.pad_token_id or 0
-        ids = torch.full((len(jobs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for i, job in enumerate(jobs):
-            ids[i, width - len(job.input_ids):] = torch.tensor(job.input_ids)
-            mask[i, width - len(job.input_ids):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        want_prefill = any(j.sampling.prefill_details for j in jobs)
-        with torch.inference_mode():
-            out = self._forward(
-                [j.adapter for j in jobs], input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                position_ids=positions.to(self.device), use_cache=True, logits_to_keep=0 if want_prefill else 1,
-            )
-        self.metrics.inc("tgi_batch_forward_count")
-        logits = out.logits.float().cpu()
-        new_rows = []
-        for i, job in enumerate(jobs):
-            row = _Row(job=job, n_cached=len(job.input_ids))
-            self._seed(row)
-            if job.sampling.prefill_details:
-                job.emit({"type": "prefill", "tokens": self._prefill_tokens(job, logits[i])})
-            self._advance(row, logits[i, -1])
-            new_rows.append(row)
-        keep = [i for i, r in enumerate(new_rows) if not r.finished]
-        if not keep:
-            return rows, state
-        new_state = _select(out.cache, mask.to(self.device), keep) if len(keep) < len(jobs) else (
-            out.cache, mask.to(self.device))
-        new_rows = [new_rows[i] for i in keep]
-        if not rows:
-            return new_rows, new_state
-        return rows + new_rows, _merge(state, new_state)
+            row = _Row(job=job, slot=free.pop(0))
+            if job.sampling.do_sample:
+                row.seed = job.sampling.seed if job.sampling.seed is not None else random.randrange(2**63)
+            self.waiting.append(row)
+        self.waiting.sort(key=lambda r: (r.job.priority != "interactive", r.job.created))
 
-    def _step(self, rows: list[_Row], state):
-        """One decoding step for every row of the batch."""
+    def _drop_cancelled(self) -> None:
+        gone = [r for r in self.rows if r.job.cancelled.is_set()]
+        self.waiting = [r for r in self.waiting if not r.job.cancelled.is_set()]
+        if gone:
+            self.rows = [r for r in self.rows if not r.job.cancelled.is_set()]
+            self._compact()
+
+    def _prefill(self) -> None:
+        """One forward over the next prompt chunk of one or more admitted rows. Rows that asked for prompt
+        log-probabilities are never batched with rows that did not: only theirs get full logits."""
         torch = self.torch
-        alive = [i for i, r in enumerate(rows) if not r.job.cancelled.is_set()]
-        if len(alive) < len(rows):
-            rows = [rows[i] for i in alive]
-            if not rows:
-                return [], None
-            state = _select(*state, alive)
-        cache, mask = state
-        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
-        ids = torch.tensor([[r.last] for r in rows], device=self.device)
-        positions = torch.tensor([[r.n_cached] for r in rows], device=self.device)
-        with torch.inference_mode():
-            out = self._forward([r.job.adapter for r in rows], input_ids=ids, attention_mask=mask,
-                                position_ids=positions, cache=cache, use_cache=True)
-        self.metrics.inc("tgi_batch_forward_count")
-        self.metrics.observe("tgi_batch_forward_size", len(rows))
-        logits = out.logits[:, -1].float().cpu()
-        for i, row in enumerate(rows):
-            row.n_cached += 1
-            self._advance(row, logits[i])
-        keep = [i for i, r in enumerate(rows) if not r.finished]
-        if not keep:
-            return [], None
-        if len(keep) < len(rows):
-            return [rows[i] for i in keep], _select(out.cache, mask, keep)
-        return rows, (out.cache, mask)
+        first = self.waiting[0]
+        details = first.job.sampling.prefill_details
+        width = min(self.prefill_chunk, len(first.job.input_ids) - first.n_cached)
+        batch = [first]
+        for row in self.waiting[1:]:
+            if row.job.sampling.prefill_details == details and (len(batch) + 1) * width <= self.prefill_chunk:
+                batch.append(row)
+        takes = [min(width, len(r.job.input_ids) - r.n_cached) for r in batch]
+        pad = first.job.fmt.tokenizer.pad_token_id or 0
+        ids = [r.job.input_ids[r.n_cached:r.n_cached + n] + [pad] * (width - n)
+               for r, n in zip(batch, takes, strict=True)]
+        starts = [r.n_cached for r in batch]
+        ending = [i for i, r in enumerate(batch) if r.n_cached + takes[i] == len(r.job.input_ids)]
+        if details:
+            keep: Any = 0
+        elif ending:
+            keep = torch.tensor(sorted({takes[i] - 1 for i in ending}), device=self.device)
+        else:
+            keep = 1
+        logits = self._forward(batch, ids, starts, width, logits_to_keep=keep)
+        if details:
+            for i, row in enumerate(batch):
+                self._prompt_logprobs(row, logits[i, :takes[i]])
+        for row, n in zip(batch, takes, strict=True):
+            row.n_cached += n
+        if not ending:
+            return
+        if details:
+            last = torch.stack([logits[i, takes[i] - 1] for i in ending])
+        else:
+            kept = sorted({takes[i] - 1 for i in ending})
+            last = torch.stack([logits[i, kept.index(takes[i] - 1)] for i in ending])
+        done = [batch[i] for i in ending]
+        self.waiting = [r for r in self.waiting if r not in done]
+        for row in done:
+            if row.job.sampling.prefill_details:
+                row.job.emit({"type": "prefill", "tokens": self._prefill_tokens(row)})
+        self._choose(done, last)
+        self.rows += [r for r in done if not r.finished]
+        self._compact()
 
-    def _forward(self, adapters: list[str | None], **kwargs):
-        """One forward pass. A batch on one model runs that adapter (or none) as peft's active one; only a
-        batch that mixes models pays for peft's per-row `adapter_names` routing (about a third slower)."""
+    def _decode(self) -> None:
+        """One decoding step for every running row."""
+        rows = self.rows
+        logits = self._forward(rows, [[r.last] for r in rows], [r.n_cached for r in rows], 1)
+        self.metrics.observe("tgi_batch_forward_size", len(rows))
+        for row in rows:
+            row.n_cached += 1
+        self._choose(rows, logits[:, -1])
+        if any(r.finished for r in rows):
+            self.rows = [r for r in rows if not r.finished]
+            self._compact()
+
+    def _forward(self, rows: list[_Row], ids: list[list[int]], starts: list[int], width: int, **kwargs):
+        """One forward pass of `width` new tokens per row, row i's written from position starts[i]."""
+        torch = self.torch
+        length = self.cache.bind([r.slot for r in rows], starts, width)
+        start = torch.tensor(starts, device=self.device)[:, None]
+        positions = start + torch.arange(width, device=self.device)
+        visible = torch.arange(length, device=self.device)[None, None, :] <= positions[:, :, None]  # causal, own row
+        if self._bool_mask:
+            mask = visible[:, None]
+        else:
+            dtype = self.cache.keys[0].dtype if self.cache.keys else self.served.model.dtype
+            mask = torch.zeros(visible.shape, dtype=dtype, device=self.device).masked_fill(
+                ~visible, torch.finfo(dtype).min)[:, None]
+        out = self._model([r.job.adapter for r in rows], input_ids=torch.tensor(ids, device=self.device),
+                          attention_mask=mask, position_ids=positions, cache=self.cache, use_cache=True, **kwargs)
+        self.metrics.inc("tgi_batch_forward_count")
+        return out.logits
+
+    def _model(self, adapters: list[str | None], **kwargs):
+        """A batch on one model runs that adapter (or none) as peft's active one; only a batch that mixes
+        models pays for peft's per-row `adapter_names` routing (about a third slower)."""
         if self.peft:
             distinct = set(adapters)
             if len(distinct) == 1:
@@ -234,40 +254,49 @@ class Engine:
                 self.served.model.set_adapter(mode)
         self._mode = mode
 
-    # ------------------------------------------------------------------ one token of one row
+    def _compact(self) -> None:
+        """Keep the decoding rows in slots 0..n-1, so that a decoding step reads a view of the cache: a row
+        past n moves (one row's cache copied) to a free slot below n, or trades with a prefilling row."""
+        n = len(self.rows)
+        holders = {r.slot: r for r in self.waiting}
+        holes = sorted(set(range(n)) - {r.slot for r in self.rows})
+        movers = sorted((r for r in self.rows if r.slot >= n), key=lambda r: r.slot)
+        for row, hole in zip(movers, holes, strict=True):
+            other = holders.get(hole)
+            if other is None:
+                self.cache.move(row.slot, hole, row.n_cached)
+            else:
+                self.cache.swap(row.slot, row.n_cached, hole, other.n_cached)
+                other.slot = row.slot
+            row.slot = hole
+        self.rows.sort(key=lambda r: r.slot)
 
-    def _seed(self, row: _Row) -> None:
-        s = row.job.sampling
-        if s.do_sample:
-            row.seed = s.seed if s.seed is not None else random.randrange(2**63)
-            row.generator = self.torch.Generator().manual_seed(row.seed)
+    # ------------------------------------------------------------------ tokens
 
-    def _advance(self, row: _Row, logits) -> None:
-        """Choose the row's next token from its logits, emit it, and decide whether the row is done."""
-        torch = self.torch
+    def _choose(self, rows: list[_Row], logits) -> None:
+        """Pick every row's next token at once, then emit each and decide whether its row is done."""
+        for row in rows:
+            if row.job.sampling.penalized and row.history is None:
+                row.history = History(row.job.input_ids, logits.shape[-1], logits.device)
+        picked = pick(logits, [r.job.sampling for r in rows], [r.seed for r in rows],
+                      [len(r.generated) for r in rows], [r.history for r in rows])
+        for i, row in enumerate(rows):
+            self._advance(row, picked.tokens[i], picked.logprobs[i], picked.top[i])
+
+    def _advance(self, row: _Row, token: int, logprob: float, top: list[tuple[int, float]]) -> None:
         job, s = row.job, row.job.sampling
-        logprobs = torch.log_softmax(logits, dim=-1)
-        scores = self._process(row, logits)
-        if s.do_sample:
-            probs = torch.softmax(scores, dim=-1)
-            token = int(torch.multinomial(probs, 1, generator=row.generator))
-        else:
-            token = int(torch.argmax(scores))
         row.generated.append(token)
         row.last = token
-        tokenizer = job.fmt.tokenizer
+        if row.history is not None:
+            row.history.add(token)
         piece = self._decode_next(row)
         row.text += piece
         event: dict[str, Any] = {"type": "token", "token": {
-            "id": token, "text": piece, "logprob": float(logprobs[token]),
-            "special": token in job.fmt.special_ids}}
+            "id": token, "text": piece, "logprob": logprob, "special": token in job.fmt.special_ids}}
         if s.top_n_tokens:
-            values, indices = torch.topk(logprobs, s.top_n_tokens)
-            event["top_tokens"] = [
-                {"id": int(i), "text": tokenizer.decode([int(i)]), "logprob": float(v),
-                 "special": int(i) in job.fmt.special_ids}
-                for v, i in zip(values, indices, strict=True)
-            ]
+            tokenizer = job.fmt.tokenizer
+            event["top_tokens"] = [{"id": i, "text": tokenizer.decode([i]), "logprob": v,
+                                    "special": i in job.fmt.special_ids} for i, v in top]
         reason = None
         if token in job.fmt.eos_ids:
             reason = "eos_token"
@@ -278,33 +307,6 @@ class Engine:
         if reason is not None:  # the last token carries the end, so a stream can close without waiting
             event["end"] = self._finish(row, reason)
         job.emit(event)
-
-    def _process(self, row: _Row, logits):
-        """The row's own logits processors: penalties, then (when sampling) temperature, top-k, top-p, typical."""
-        torch = self.torch
-        from transformers.generation import logits_process as lp
-
-        s = row.job.sampling
-        scores = logits[None].clone()
-        if s.repetition_penalty != 1.0:
-            context = torch.tensor([row.job.input_ids + row.generated])
-            scores = lp.RepetitionPenaltyLogitsProcessor(s.repetition_penalty)(context, scores)
-        if (s.frequency_penalty or s.presence_penalty) and row.generated:
-            counts = torch.bincount(torch.tensor(row.generated), minlength=scores.shape[-1])[: scores.shape[-1]]
-            scores = scores - s.frequency_penalty * counts - s.presence_penalty * (counts > 0)
-        if s.do_sample:
-            warpers = []
-            if s.temperature != 1.0:
-                warpers.append(lp.TemperatureLogitsWarper(s.temperature))
-            if s.top_k:
-                warpers.append(lp.TopKLogitsWarper(s.top_k))
-            if s.top_p < 1.0:
-                warpers.append(lp.TopPLogitsWarper(s.top_p))
-            if s.typical_p < 1.0:
-                warpers.append(lp.TypicalLogitsWarper(s.typical_p))
-            for warper in warpers:
-                scores = warper(None, scores)
-        return scores[0]
 
     def _decode_next(self, row: _Row) -> str:
         """Incremental detokenization: text appears once its bytes form whole characters."""
@@ -317,17 +319,24 @@ class Engine:
             return full[len(prefix):]
         return ""
 
-    def _prefill_tokens(self, job: Job, logits) -> list[dict]:
-        """TGI's decoder_input_details: each prompt token with the log-probability the model gave it."""
+    def _prompt_logprobs(self, row: _Row, logits) -> None:
+        """The log-probability of each next prompt token in this chunk, computed on the device; only
+        len(chunk) numbers leave it."""
         torch = self.torch
-        n = len(job.input_ids)
-        row_logits = logits[-n:]
-        logprobs = torch.log_softmax(row_logits[:-1], dim=-1)
-        ids = torch.tensor(job.input_ids)
-        picked = logprobs.gather(1, ids[1:, None])[:, 0].tolist() if n > 1 else []
-        tokenizer = job.fmt.tokenizer
-        return [{"id": int(t), "text": tokenizer.decode([int(t)]), "logprob": None if i == 0 else picked[i - 1]}
-                for i, t in enumerate(job.input_ids)]
+        ids = row.job.input_ids
+        start = row.n_cached
+        n = min(logits.shape[0], len(ids) - 1 - start)  # the last prompt token predicts no prompt token
+        if n <= 0:
+            return
+        scores = logits[:n].float()
+        target = torch.tensor(ids[start + 1:start + 1 + n], device=scores.device)[:, None]
+        row.prefill += (scores.gather(1, target)[:, 0] - torch.logsumexp(scores, dim=-1)).tolist()
+
+    def _prefill_tokens(self, row: _Row) -> list[dict]:
+        """TGI's decoder_input_details: each prompt token with the log-probability the model gave it."""
+        tokenizer = row.job.fmt.tokenizer
+        return [{"id": t, "text": tokenizer.decode([t]), "logprob": None if i == 0 else row.prefill[i - 1]}
+                for i, t in enumerate(row.job.input_ids)]
 
     def _finish(self, row: _Row, reason: str) -> dict:
         row.finished = True
@@ -336,56 +345,3 @@ class Engine:
         self.metrics.inc("tgi_request_generated_tokens_total", len(row.generated))
         return {"type": "end", "finish_reason": reason, "generated_tokens": len(row.generated),
                 "generated_text": text, "seed": row.seed, "input_length": len(job.input_ids)}
-
-    def _error(self, job: Job, message: str) -> None:
-        job.emit({"type": "error", "message": message})
-
-
-# ---------------------------------------------------------------------- the batch's KV cache
-
-
-def _layers(cache) -> list[tuple[Any, Any]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _rebuild(layers):
-    from transformers import DynamicCache
-
-    return DynamicCache(ddp_cache_data=layers)
-
-
-def _select(cache, mask, keep: list[int]):
-    """Keep some rows, then drop the left columns that are padding in every remaining row."""
-    import torch
-
-    index = torch.tensor(keep, device=mask.device)
-    mask = mask.index_select(0, index)
-    used = (mask.sum(0) > 0).nonzero()
-    lead = int(used[0]) if len(used) else 0
-    layers = [(k.index_select(0, index)[:, :, lead:], v.index_select(0, index)[:, :, lead:])
-              for k, v in _layers(cache)]
-    return _rebuild(layers), mask[:, lead:]
-
-
-def _merge(a, b):
-    """Stack two batches: left-pad the shorter one's cache and mask to the longer one's length."""
-    import torch
-
-    (cache_a, mask_a), (cache_b, mask_b) = a, b
-    width = max(mask_a.shape[1], mask_b.shape[1])
-
-    def left_pad(x, length: int, dim: int):
-        missing = length - x.shape[dim]
-        if missing == 0:
-            return x
-        shape = list(x.shape)
-        shape[dim] = missing
-        return torch.cat([x.new_zeros(shape), x], dim=dim)
-
-    layers = [
-        (torch.cat([left_pad(ka, width, 2), left_pad(kb, width, 2)]),
-         torch.cat([left_pad(va, width, 2), left_pad(vb, width, 2)]))
-        for (ka, va), (kb, vb) in zip(_layers(cache_a), _layers(cache_b), strict=True)
-    ]
-    mask = torch.cat([left_pad(mask_a, width, 1), left_pad(mask_b, width, 1)])
-    return _rebuild(layers), mask

@@ -15,6 +15,9 @@ class Metrics:
         self.failures: Counter[str] = Counter()
         self.sums: Counter[str] = Counter()
         self.gauges: dict[str, float] = {"tgi_queue_size": 0, "tgi_batch_current_size": 0}
+        for name in ("studio_interactive_admitted_ahead_total", "studio_admitted_interactive_total",
+                     "studio_admitted_batch_total"):  # listed from the start, at 0
+            self.counters[name] = 0
 
     def inc(self, name: str, value: float = 1) -> None:
         with self._lock:
@@ -38,8 +41,9 @@ class Metrics:
     def render(self) -> str:
         with self._lock:
             lines = []
+            studio = sorted(n for n in self.counters if n.startswith("studio_"))
             for name in ("tgi_request_count", "tgi_request_success", "tgi_request_failure",
-                         "tgi_batch_forward_count", "tgi_request_generated_tokens_total"):
+                         "tgi_batch_forward_count", "tgi_request_generated_tokens_total", *studio):
                 lines += [f"# TYPE {name} counter", f"{name} {self.counters[name]:g}"]
             for err, count in sorted(self.failures.items()):
                 lines.append(f'tgi_request_failure{{err="{err}"}} {count:g}')

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from studio.serving.server.engine import Sampling
 from studio.serving.server.model import ChatFormat, Served
+from studio.serving.server.sampling import Sampling
 from studio.serving.server.schemas import (
     BASE_ALIASES,
     ChatRequest,
