@@ -7,26 +7,23 @@ that does all of it for the CLI and for scripts.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from studio.core.errors import InvalidInput
 from studio.data import preference
-from studio.data.ingest import read_table, release_memory
-from studio.data.mapping import MappingGuess, build_conversations, check_mapping, guess_mapping
-from studio.data.split import Outcome, content_hash, rejected_frame, seeded_split, uploaded_split
+from studio.data.ingest import FileSource, open_source, read_table
+from studio.data.mapping import MappingGuess, check_mapping, guess_mapping
 from studio.data.table import SourceTable
 
 if TYPE_CHECKING:
     import pandas as pd
-    import pyarrow as pa
 
     from studio.core.workspace import Workspace
     from studio.data.store import DatasetVersion
+    from studio.data.stream import Splits
 
 DEFAULT_BASE_MODEL = "demo-tiny"
 DEFAULT_VAL_FRACTION = 0.1
@@ -52,19 +49,20 @@ class Prepared:
     """Step 2: what would be saved — the split conversations, the report, the rejected rows, a preview."""
 
     name: str
-    train: pa.ListArray
-    val: pa.ListArray
+    train: list[dict] | None  # preference/KTO rows; None for question/answer data, which waits in `splits`
+    val: list[dict] | None
     report: dict[str, Any]
     rejected: pd.DataFrame
     previews: list[dict[str, Any]]
     content_hash: str
     fields: dict[str, Any] = field(default_factory=dict)  # the registry columns of the version
     template_text: str = ""
-    kind: str = "sft"  # sft: train/val are chats; preference/kto: lists of rows (studio.data.kinds)
+    kind: str = "sft"  # sft: the chats are in `splits`; preference/kto: lists of rows (studio.data.kinds)
+    splits: Splits | None = None
 
     @property
     def usable(self) -> bool:
-        return len(self.train) > 0
+        return (len(self.splits.train) if self.splits is not None else len(self.train or [])) > 0
 
     def rejected_csv(self) -> bytes:
         """rejected.csv: UTF-8 with a BOM so that Excel shows accents right."""
@@ -101,7 +99,7 @@ def default_max_length(ws: Workspace, base_model: str, tokenizer) -> int:
 
 def prepare(
     ws: Workspace,
-    table: SourceTable,
+    table: SourceTable | FileSource,
     mapping: dict[str, str | None],
     *,
     system_prompt: str | None = None,
@@ -111,29 +109,31 @@ def prepare(
     length_policy: LengthPolicy = "drop",
     val_fraction: float = DEFAULT_VAL_FRACTION,
     val_size: int | None = None,
-    val_table: SourceTable | None = None,
+    val_table: SourceTable | FileSource | None = None,
     seed: int = DEFAULT_SEED,
     name: str | None = None,
     preview_rows: int = PREVIEW_ROWS,
+    batch_rows: int | None = None,
 ) -> Prepared:
-    """Render, count, check and split; nothing is written. A result with no training rows is returned
+    """Render, count, check and split; nothing is written (the kept rows wait in a spool: studio/data/stream.py).
+    `table` and `val_table` are whole tables or FileSources, which stream in batches of `batch_rows`
+    (STUDIO_IMPORT_BATCH_ROWS); either way the result is the same. A result with no training rows is returned
     (with its report and rejected rows) but `save` refuses it."""
-    import pyarrow as pa
-
-    from studio.data.checks import check_conversations
-    from studio.data.render import preview_tokens
+    from studio.data.ingest import ReadAgain, batch_rows_default
+    from studio.data.stream import cleanup_when_dropped, prepare_sft
 
     if preference.kind_of_mapping(mapping or {}) != "sft":
         if val_table is not None:
             raise InvalidInput("A separate validation file is not read for preference data.",
                                "Leave it out: the validation rows are drawn from the file (set their share).")
+        table = _whole(table)  # preference rows are checked in Python, whole: the upload limit bounds them
         tokenizer, template, max_length = _tokenizer(ws, base_model, template, max_length)
         return Prepared(**preference.prepare(
             table, {r: c for r, c in mapping.items() if c}, tokenizer, template=template, max_length=max_length,
             base_model=base_model, model_context=_model_context(base_model, tokenizer), seed=seed,
             preview_rows=preview_rows, system_prompt=system_prompt, length_policy=length_policy,
             val_fraction=val_fraction, val_size=val_size, name=name))
-    mapping = check_mapping(table, mapping)
+    mapping = check_mapping(_head(table), mapping)
     if length_policy not in ("drop", "truncate"):
         raise InvalidInput(f"'{length_policy}' is not a policy for long rows.", "Use drop or truncate.")
     if val_size is None and not 0 <= val_fraction < 1:
@@ -141,59 +141,42 @@ def prepare(
                            "Use e.g. 0.1 for one row in ten.")
     if val_size is not None and val_size < 0:
         raise InvalidInput(f"The validation size {val_size} is negative.", "Use a number of rows, e.g. 20.")
-    tokenizer, template, max_length = _tokenizer(ws, base_model, template, max_length)
-
-    def check(source: SourceTable, source_mapping: dict[str, str]):
-        return check_conversations(
-            tokenizer, build_conversations(source, source_mapping, system_prompt), max_length=max_length,
-            length_policy=length_policy, row_numbers=source.rows, row_label=source.row_label,
-        )
-
-    outcome = Outcome({"data": table, "validation": val_table})
-    main = outcome.add("data", check(table, mapping))
-    release_memory()
-    if val_table is None:
-        split = seeded_split(main, val_fraction=val_fraction, val_size=val_size, seed=seed)
-    else:
+    val_mapping = None
+    if val_table is not None:
         try:
-            val_mapping = check_mapping(val_table, mapping)
+            val_mapping = check_mapping(_head(val_table), mapping)
         except InvalidInput as exc:
             raise InvalidInput(f"Validation file: {exc.message}", exc.fix) from exc
-        split = uploaded_split(main, outcome.add("validation", check(val_table, val_mapping)), outcome,
-                                val_table.name)
-    release_memory()
-    report = {
-        "source": table.describe(), "validation_source": split.source,
-        "validation_file": val_table.describe() if val_table is not None else None,
-        "mapping": mapping, "system_prompt": (system_prompt or "").strip(),
-        "base_model": base_model, "template": template, "max_length": max_length,
-        "length_policy": length_policy, "seed": seed,
-        "rows_in": sum(len(t.frame) + len(t.unreadable) for t in (table, val_table) if t is not None),
-        "rows_train": len(split.train), "rows_val": len(split.val), "rows_rejected": outcome.rejected_count(),
-        "model_context": _model_context(base_model, tokenizer),
-        **outcome.report(split, max_length, table.row_label),
-    }
-    previews = [
-        {"row": int(table.rows[split.train_index[i]]), "row_label": table.row_label,
-         **preview_tokens(tokenizer, split.train[i].as_py())}
-        for i in range(min(preview_rows, len(split.train)))
-    ]
-    template_text = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else json.dumps(
-        tokenizer.chat_template)
-    settings = {"base_model": base_model, "template": template,
-                "template_sha256": hashlib.sha256(template_text.encode()).hexdigest(),
-                "max_length": max_length, "length_policy": length_policy}
-    fields = {
-        "source_name": table.name, "source_format": table.format, "base_model": base_model, "template": template,
-        "mapping": mapping, "system_prompt": (system_prompt or "").strip(), "max_length": max_length,
-        "rows_rejected": outcome.rejected_count(), "report": report,
-    }
-    return Prepared(
-        name=(name or Path(table.name).stem).strip() or "dataset",
-        train=split.train, val=split.val if len(split.val) else pa.array([], split.train.type),
-        report=report, rejected=rejected_frame(outcome.rejected, outcome.tables), previews=previews,
-        content_hash=content_hash(settings, split.train, split.val), fields=fields, template_text=template_text,
-    )
+    tokenizer, template, max_length = _tokenizer(ws, base_model, template, max_length)
+    options = dict(system_prompt=system_prompt, base_model=base_model, template=template, max_length=max_length,
+                   length_policy=length_policy, val_fraction=val_fraction, val_size=val_size, seed=seed, name=name,
+                   preview_rows=preview_rows, batch_rows=int(batch_rows or batch_rows_default()))
+    while True:
+        try:
+            fields = prepare_sft(ws, table, mapping, val_table, val_mapping, tokenizer,
+                                 model_context=_model_context(base_model, tokenizer), **options)
+            break
+        except ReadAgain:  # a CSV with Windows text past its head: read again from the start, as such
+            continue
+    prepared = Prepared(**fields)
+    cleanup_when_dropped(prepared, fields["splits"].folder)
+    return prepared
+
+
+def _head(source) -> SourceTable:
+    return source if isinstance(source, SourceTable) else source.head
+
+
+def _whole(source) -> SourceTable:
+    from studio.data.ingest import ReadAgain
+    from studio.data.table import join
+
+    while not isinstance(source, SourceTable):
+        try:
+            source = join(list(source.batches()))
+        except ReadAgain:
+            continue
+    return source
 
 
 def _tokenizer(ws: Workspace, base_model: str, template: str | None, max_length: int | None):
@@ -227,7 +210,6 @@ def _model_context(base_model: str, tokenizer) -> int | None:
 def save(ws: Workspace, prepared: Prepared, name: str | None = None) -> tuple[DatasetVersion, bool]:
     """Write the version (or find the one with the same content): returns (version, created)."""
     import datasets
-    import pyarrow as pa
 
     from studio.data import store
 
@@ -238,15 +220,14 @@ def save(ws: Workspace, prepared: Prepared, name: str | None = None) -> tuple[Da
         extra["histogram.png"] = _figure_png(prepared.report)
     except Exception:  # a missing font or backend must not stop the save: the data is what matters
         pass
-    if prepared.kind == "sft":
-        train = datasets.Dataset(pa.table({"messages": prepared.train}))
-        val = datasets.Dataset(pa.table({"messages": prepared.val}))
+    if prepared.splits is not None:  # streamed from the spool into the version's folder
+        train = val = None
     else:
         train = datasets.Dataset.from_list(prepared.train)
         val = datasets.Dataset.from_list(prepared.val) if prepared.val else train.select([])
     return store.save_version(
         ws, content_hash=prepared.content_hash, name=(name or prepared.name).strip() or prepared.name,
-        train=train, val=val,
+        train=train, val=val, write_splits=prepared.splits.write if prepared.splits is not None else None,
         rejected_csv=prepared.rejected_csv() if len(prepared.rejected) else None,
         extra_files=extra, **prepared.fields,
     )
@@ -298,17 +279,20 @@ def import_file(
     header: bool | None = None,
     max_bytes: int | None = None,
     dry_run: bool = False,
+    batch_rows: int | None = None,
 ) -> ImportResult:
     """Read, map (the given mapping, or a confident guess), check, split and save a file in one call.
 
-    Without a mapping the guess is used only when it is confident; otherwise InvalidInput lists the
-    columns and the guess, so the caller can pass `mapping` (CLI: --map ROLE=COLUMN).
+    The file streams in batches of `batch_rows` rows (STUDIO_IMPORT_BATCH_ROWS), so its size is not bounded
+    by memory; the mapping is guessed from the first batch. Without a mapping the guess is used only when it is
+    confident; otherwise InvalidInput lists the columns and the guess, so the caller can pass `mapping`
+    (CLI: --map ROLE=COLUMN).
     """
-    inspection = inspect_file(path, sheet=sheet, header=header, max_bytes=max_bytes)
-    guess = inspection.guess
+    source = open_source(path, sheet=sheet, header=header, max_bytes=max_bytes, batch_rows=batch_rows)
+    guess = preference.guess(source.head) or guess_mapping(source.head)
     if mapping is None:
         if not guess.confident:
-            table = inspection.table
+            table = source.head
             suggestion = " ".join(f"--map {r}={c!r}" for r, c in guess.mapping.items()) or "--map instruction=... " \
                                                                                            "--map output=..."
             other_sheets = [s for s in table.sheets if s != table.sheet]
@@ -320,11 +304,11 @@ def import_file(
                 f"Say which column is which, e.g. {suggestion}.",
             )
         mapping = guess.mapping
-    val_table = read_table(val_file, sheet=sheet, max_bytes=max_bytes) if val_file else None
+    val_table = open_source(val_file, sheet=sheet, max_bytes=max_bytes, batch_rows=batch_rows) if val_file else None
     prepared = prepare(
-        ws, inspection.table, mapping, system_prompt=system_prompt, base_model=base_model, template=template,
+        ws, source, mapping, system_prompt=system_prompt, base_model=base_model, template=template,
         max_length=max_length, length_policy=length_policy, val_fraction=val_fraction, val_size=val_size,
-        val_table=val_table, seed=seed, name=name,
+        val_table=val_table, seed=seed, name=name, batch_rows=batch_rows,
     )
     if dry_run:
         return ImportResult(None, False, prepared, guess, prepared.fields["mapping"])

@@ -49,6 +49,13 @@ _RANK_WORDS = {0: "exact name", 1: "whole word in the name", 2: "name close to"}
 USER_INPUT_SEPARATOR = "\n\n"  # instruction, blank line, then the input/context
 
 
+def message_type():
+    """The Arrow type of a chat column: list<struct<role, content>>."""
+    import pyarrow as pa
+
+    return pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+
+
 @dataclass
 class MappingGuess:
     """A proposed mapping, why each column was picked, and whether it is safe to use without asking."""
@@ -274,9 +281,9 @@ def _from_columns(table: SourceTable, mapping: dict[str, str], system_prompt: st
     contents = contents.combine_chunks() if isinstance(contents, pa.ChunkedArray) else contents
     structs = pa.StructArray.from_arrays([roles, contents], names=["role", "content"])
     messages = pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), structs)
-    # the prompt key only needs the system prompt when rows differ in it (no copy of every question otherwise)
-    same_system = pc.count_distinct(system).as_py() <= 1
-    prompt = user if same_system else pc.binary_join_element_wise(system, user, "\x1f")
+    # the prompt key needs the system prompt only when rows can differ in it, i.e. it comes from a column (no copy
+    # of every question otherwise); decided by the mapping, so that every batch of a file keys alike
+    prompt = pc.binary_join_element_wise(system, user, "\x1f") if mapping.get("system") else user
     return Conversations(messages, rows, prompt, assistant, user)
 
 
@@ -351,8 +358,7 @@ def _from_messages(table: SourceTable, mapping: dict[str, str], system_prompt: s
             continue
         chats.append(chat)
         index.append(i)
-    message_type = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
-    messages = pa.array(chats, type=message_type)
+    messages = pa.array(chats, type=message_type())
     prompt = pa.array(["\x1f".join(m["content"] for m in c[:-1]) for c in chats], type=pa.string())
     answer = pa.array([c[-1]["content"] for c in chats], type=pa.string())
     question = pa.array([c[-2]["content"] for c in chats], type=pa.string())

@@ -190,7 +190,7 @@ def prepare(table: SourceTable, mapping: dict[str, str], tokenizer: Any, *, temp
 
     from studio.data.render import preview_tokens
     from studio.data.report import check_entry, histogram, token_stats
-    from studio.data.split import rejected_frame
+    from studio.data.split import Outcome
 
     mapping = check_mapping(table, mapping)
     kind = kind_of_mapping(mapping)
@@ -261,7 +261,10 @@ def prepare(table: SourceTable, mapping: dict[str, str], tokenizer: Any, *, temp
     fields = {"source_name": table.name, "source_format": table.format, "base_model": base_model,
               "template": template, "mapping": mapping, "system_prompt": report["system_prompt"],
               "max_length": max_length, "rows_rejected": len(rejected), "report": report}
-    frame = rejected_frame([("data", i, reason) for i, _, reason in rejected], {"data": table, "validation": None})
+    outcome = Outcome()
+    outcome.add_unreadable("data", table)
+    outcome.add_rejected("data", table, [(i, reason) for i, _, reason in rejected])
+    frame = outcome.rejected_frame()
     return dict(
         name=(options.get("name") or "").strip() or table.name.rsplit(".", 1)[0] or "preferences",
         train=strip[0], val=strip[1], report=report, rejected=frame if len(frame) else pd.DataFrame(),

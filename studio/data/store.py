@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -95,13 +96,17 @@ def save_version(
     *,
     content_hash: str,
     name: str,
-    train: datasets.Dataset,
-    val: datasets.Dataset,
+    train: datasets.Dataset | None,
+    val: datasets.Dataset | None,
     rejected_csv: bytes | None = None,
     extra_files: dict[str, bytes] | None = None,
+    write_splits: Callable[[Path], tuple[int, int]] | None = None,
     **fields: Any,
 ) -> tuple[DatasetVersion, bool]:
     """Write a new version atomically and register it; return (version, created).
+
+    The splits are `train` and `val`, or written by `write_splits(folder)` (which returns their row counts):
+    the import streams them from its spool, a batch at a time.
 
     `extra_files` are written beside the splits (the chat template, the histogram): provenance only.
 
@@ -115,26 +120,31 @@ def save_version(
         return existing, False
     with disk_full_says(f"saving the dataset version '{name}'", ws.datasets_dir):
         version = _write_version(ws, version_id(content_hash), name, content_hash, train, val, rejected_csv,
-                                 extra_files, actor, fields)
-    audit.record(ws, "data.import", version.id, name=name, rows_train=len(train), rows_val=len(val))
+                                 extra_files, actor, fields, write_splits)
+    audit.record(ws, "data.import", version.id, name=name, rows_train=version.rows_train, rows_val=version.rows_val)
     return version, True
 
 
-def _write_version(ws, vid, name, content_hash, train, val, rejected_csv, extra_files, actor, fields):
+def _write_version(ws, vid, name, content_hash, train, val, rejected_csv, extra_files, actor, fields,
+                   write_splits=None):
     import pyarrow.parquet as pq
 
     target = ws.datasets_dir / vid
     tmp = Path(tempfile.mkdtemp(prefix=f".{vid}-", dir=ws.datasets_dir))
     try:
-        for split, rows in (("train", train), ("val", val)):  # as Arrow: honours select()/filter() indices
-            pq.write_table(rows.with_format("arrow")[:], tmp / f"{split}.parquet")
+        if write_splits is not None:
+            rows_train, rows_val = write_splits(tmp)
+        else:
+            for split, rows in (("train", train), ("val", val)):  # as Arrow: honours select()/filter() indices
+                pq.write_table(rows.with_format("arrow")[:], tmp / f"{split}.parquet")
+            rows_train, rows_val = len(train), len(val)
         if rejected_csv:
             (tmp / "rejected.csv").write_bytes(rejected_csv)
         for file_name, content in (extra_files or {}).items():
             (tmp / Path(file_name).name).write_bytes(content)
         version = DatasetVersion(
             id=vid, name=name, content_hash=content_hash, created_at=now(), path=str(target),
-            rows_train=len(train), rows_val=len(val), created_by=actor.name, **fields,
+            rows_train=rows_train, rows_val=rows_val, created_by=actor.name, **fields,
         )
         (tmp / "meta.json").write_text(version.model_dump_json(indent=2))
         if target.exists():  # left by a crash between rename and insert: not registered, so stale

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import codecs
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,30 @@ class SourceTable:
     def sample(self, n: int = 5) -> list[dict[str, Any]]:
         head = self.frame.head(n)
         return [{self.row_label: int(r), **rec} for r, rec in zip(self.rows[:n], head.to_dict("records"), strict=True)]
+
+    def slices(self, batch_rows: int):
+        """The table in batches of at most `batch_rows` rows (what it counted and set aside goes with the first),
+        as a file streams."""
+        for start in range(0, max(len(self.frame), 1), max(int(batch_rows), 1)):
+            first = start == 0
+            yield replace(self, frame=self.frame.iloc[start:start + batch_rows].reset_index(drop=True),
+                          rows=self.rows[start:start + batch_rows], unreadable=self.unreadable if first else [],
+                          skipped_empty=self.skipped_empty if first else 0)
+
+
+def join(batches: list[SourceTable]) -> SourceTable:
+    """Batches of one file as one table (the columns of every batch, in the order they first appeared)."""
+    first = batches[0]
+    if len(batches) == 1:
+        return first
+    frame = pd.concat([b.frame for b in batches], ignore_index=True)
+    for col in frame.columns:  # a column missing from early batches (JSON keys seen later) reads as empty
+        if frame[col].isna().any():
+            frame[col] = frame[col].fillna("")
+    return replace(first, frame=frame, rows=np.concatenate([b.rows for b in batches]),
+                   skipped_empty=sum(b.skipped_empty for b in batches),
+                   dropped_columns=list(dict.fromkeys(c for b in batches for c in b.dropped_columns)),
+                   unreadable=[u for b in batches for u in b.unreadable])
 
 
 # --- encoding --------------------------------------------------------------------------------------

@@ -44,3 +44,10 @@ def read(path: Path, name: str, head: bytes, fmt: str, *, sheet: str | None = No
     frame = pd.DataFrame({n: pd.Series([row[i] for row in body], dtype="str") for i, n in enumerate(names)})
     return SourceTable(frame=frame, rows=np.asarray(numbers, dtype=np.int64), name=name, format="xlsx",
                        header=has_header, sheet=chosen, sheets=sheets)
+
+
+def stream(path: Path, name: str, head: bytes, fmt: str, *, sheet: str | None = None, header: bool | None = None,
+           batch_rows: int = 50_000, encoding: str | None = None):
+    """A workbook is read whole (openpyxl holds the sheet's cells): at most Excel's 1,048,576 rows, and the
+    upload limit. Export a bigger sheet as CSV, which streams."""
+    yield read(path, name, head, fmt, sheet=sheet, header=header)
