@@ -85,9 +85,16 @@ def pick(scope, label: str, option: str) -> None:
     page.get_by_role("option", name=option).first.click()
 
 
-def screenshot(page, name: str) -> None:
+# the README's pictures: what a 13" laptop's browser window shows (1366x768), not a long scrolled page
+WINDOW = {"width": 1366, "height": 768}
+
+
+def screenshot(page, name: str, show=None) -> None:
+    """The window as it is, at WINDOW's size; `show` (a locator) is scrolled into view first."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / name), full_page=True)
+    if show is not None:
+        show.scroll_into_view_if_needed()
+    page.screenshot(path=str(SCREENSHOTS / name))
 
 
 @contextmanager

@@ -106,7 +106,8 @@ def test_the_unsloth_summary_line_has_the_agreed_form():
 def test_benchmark_runs_baseline_and_studio_on_cpu(tmp_path):
     out = tmp_path / "out"
     code = bench.main(["--shape", "tiny", "--max-length", "128", "--median", "40", "--configs",
-                       "baseline,studio,padded,baseline-packed,packed-varlen", "--in-process", "--out", str(out), "--steps", "1",
+                       "baseline,studio,padded,baseline-packed,packed-varlen", "--in-process", "--out", str(out),
+                       "--steps", "1",
                        "--models-dir", str(tmp_path / "models")])  # fmt: skip
     assert code == 0
     results = {r["config"]: r for r in json.loads((out / "results.json").read_text())}

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from browser import ROOT, chromium, open_tab, pick, screenshot, studio_with_demo
+from browser import ROOT, WINDOW, chromium, open_tab, pick, screenshot, studio_with_demo
 from conftest import free_port, save_qa_dataset
 
 from studio.training.presets import load_preset
@@ -45,7 +45,7 @@ def browser():
 
 @pytest.fixture
 def page(browser, studio):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context = browser.new_context(viewport=WINDOW)
     page = context.new_page()
     page.set_default_timeout(30_000)
     page.goto(studio.url)
@@ -125,7 +125,7 @@ def test_the_journey_from_csv_to_a_published_model(studio, page, capsys):
     expect(data.locator("#data-saved")).to_contain_text("Saved", timeout=60_000)
     dataset_id = re.search(r"ds-[0-9a-f]+", data.locator("#data-saved").inner_text()).group(0)
     expect(data.locator("#data-versions")).to_contain_text(dataset_id)
-    screenshot(page, "data.png")
+    screenshot(page, "data.png", show=data.locator("#data-summary"))
     marks["data"] = time.monotonic() - started
 
     # --- Train: dataset (saved after the page loaded), demo-tiny, quick-test, fit check, start --------------
@@ -155,7 +155,7 @@ def test_the_journey_from_csv_to_a_published_model(studio, page, capsys):
     assert progress.locator("div[style*='width:']").last.get_attribute("style") != bar_before
     if second <= steps // 4:  # a curve worth a picture
         second = wait_for_step(progress, steps // 4)
-    screenshot(page, "train.png")
+    screenshot(page, "train.png", show=progress)
     marks["training started"] = time.monotonic() - started
 
     # reload mid-run (at once: quick-test is quick): the run is still there, still running, further on
@@ -196,7 +196,7 @@ def test_the_journey_from_csv_to_a_published_model(studio, page, capsys):
     expect(evaluate.locator("#eval-summary").get_by_role("cell", name="Tuned model")).to_be_visible()
     results = evaluate.get_by_text("Which payment methods do you accept?").filter(visible=True)
     expect(results).to_have_count(2)  # in the golden set and in the results, with both answers
-    screenshot(page, "evaluate.png")
+    screenshot(page, "evaluate.png", show=evaluate.locator("#eval-summary"))
     marks["evaluate"] = time.monotonic() - started
 
     # --- Publish: to the embedded endpoint, verified ----------------------------------------------------------
@@ -208,7 +208,7 @@ def test_the_journey_from_csv_to_a_published_model(studio, page, capsys):
     expect(result).to_contain_text("verification passed", timeout=300_000)
     expect(result).to_contain_text("healthy")
     url = re.search(r"http://127\.0\.0\.1:\d+", result.inner_text()).group(0)
-    screenshot(page, "publish.png")
+    screenshot(page, "publish.png", show=result)
     marks["publish"] = time.monotonic() - started
 
     # --- Chat with the published endpoint: it answers as the tuned model did ----------------------------------
@@ -247,7 +247,7 @@ def test_cancel_from_the_page_while_a_second_browser_watches(browser, studio, pa
     expect(train.locator("#train-started")).to_contain_text("is queued")
     run_id = re.search(r"run-[0-9]+-[0-9]+-[0-9a-f]+", train.locator("#train-started").inner_text()).group(0)
 
-    other = browser.new_context(viewport={"width": 1280, "height": 900}).new_page()
+    other = browser.new_context(viewport=WINDOW).new_page()
     try:
         other.goto(studio.url)
         runs = open_tab(other, "Runs")

@@ -1,7 +1,7 @@
 """The studio in a real browser: the page loads, tabs switch, the System tab shows the machine."""
 
 import pytest
-from browser import chromium, open_tab, screenshot, studio_process
+from browser import WINDOW, chromium, open_tab, screenshot, studio_process
 from conftest import free_port
 
 pytestmark = pytest.mark.browser
@@ -9,7 +9,7 @@ pytestmark = pytest.mark.browser
 
 def test_system_tab_in_the_browser(tmp_path):
     with studio_process(tmp_path / "home", free_port()) as url, chromium() as browser:
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page = browser.new_page(viewport=WINDOW)
         page.goto(url)
         facts = open_tab(page, "System").locator("#system-facts")
         facts.get_by_role("cell", name="Workspace", exact=True).wait_for(timeout=30_000)

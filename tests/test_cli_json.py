@@ -69,6 +69,9 @@ def test_every_verb_prints_one_json_document(ws, capsys, monkeypatch):
     again = cli("runs", "rerun", run)["id"]
     cli("runs", "cancel", again)
     cli("runs", "worker", "--once")
+    cli("runs", "compare", run, again)
+    cli("runs", "compare", run, code=2)  # one run: nothing to compare with
+    cli("runs", "lineage", again)
     cli("runs", "rm", again)
     cli("data", "rm", ds, code=2)  # a run uses it
 
@@ -103,6 +106,15 @@ def test_every_verb_prints_one_json_document(ws, capsys, monkeypatch):
     cli("users", "allow-targets", "local")
     cli("users", "rm", "bob")
     cli("audit")
+
+    cli("cluster", "show")
+    cli("cluster", "check", "http://127.0.0.1:1", code=2)  # nothing listens there: a clear error
+    cli("cluster", "set", "http://127.0.0.1:1", code=2)  # refused: an unreachable cluster is never stored
+    cli("cluster", "clear")
+    cli("tracking", "show")
+    cli("tracking", "check", code=2)  # no URI set: says how to give one
+    cli("tracking", "set", "http://127.0.0.1:1", code=2)  # refused: a server that does not answer is never stored
+    cli("tracking", "clear")
 
     untested = verbs() - cli.ran - {("engines", "install")}  # installing vLLM: test_publish_vllm's session set-up
     assert not untested, f"verbs missing from this test: {sorted(untested)}"

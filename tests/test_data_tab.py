@@ -47,7 +47,8 @@ def test_sample_check_save_show_rename_delete_over_http(ws, served):
     settings = ["You are the support agent of Acme.", "demo-tiny", "auto", None, "drop", 0.1, None, 42, None, ""]
     summary, preview, checks, rejected, plot, name = client.predict(*roles, *settings, api_name="/data_check")
     assert "45 training and 5 validation rows" in summary and value(name) == "support_faq"
-    answers = "".join(re.findall(r'background:#c8f0c8;">([^<]*)<', preview))  # the green (learned) tokens
+    green = r'background:rgba\(34,197,94,0.28\);">([^<]*)<'  # the green (learned) tokens
+    answers = "".join(re.findall(green, preview))
     assert answers.startswith("Open the sign-in page, choose Forgot password")
     assert "How do I reset my password?" in re.sub(r"<[^>]+>", "", preview)
     assert rejected is None and plot is not None

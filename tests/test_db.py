@@ -53,10 +53,11 @@ def test_a_workspace_from_before_a_migration_keeps_its_rows():
     db["runs"].insert({"id": "run-1", "dataset_id": "ds-a", "status": "running", "created_at": "t", "path": "/r",
                        "pid": 123, "proc_start": 1.5})
     db["deployments"].insert({"id": "dep-1", "run_id": "run-1", "status": "publishing", "target": "local"})
-    assert migrate(db) == [6, 7]
+    assert migrate(db) == sorted(_number(m) for m in MIGRATIONS if _number(m) > 5)  # 6, 7, 8, ...
     run = db["runs"].get("run-1")
     assert (run["status"], run["pid"], run["proc_start"], run["launcher"], run["launch_ref"], run["created_by"]) == \
         ("running", 123, 1.5, None, None, None)
     assert db["deployments"].get("dep-1")["owner_pid"] is None
+    assert run["devices"] is None  # 8: a run from before holds its one GPU (gpu) only
     assert db["datasets"].get("ds-a")["created_by"] is None  # made before accounts: by nobody on record
     assert {"users", "audit", "settings"} <= set(db.table_names())

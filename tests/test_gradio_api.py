@@ -152,7 +152,7 @@ def test_evaluate_publish_and_chat_with_a_trained_run_by_api(studio, trained_run
         "Golden set — type or paste your questions and answers": golden, "Max new tokens": 24,
         "Held-out rows for the loss": 2})
     assert "2 questions" in evaluation["#0"] and "Tuned model" in evaluation["#0"]
-    results = evaluation["Every question: both answers and their scores"]["data"]
+    results = evaluation["Every question: both answers and their scores (click a cell for its full text)"]["data"]
     assert [row[0] for row in results] == ["How do I reset my password?", "Where is my order?"]
 
     # publish: the adapter on the base model, on this machine, verified (plain Python functions: positional)

@@ -14,7 +14,7 @@ STAGES = ("studio.models", "studio.data", "studio.training", "studio.serving", "
           "studio.publishing", "studio.ui", "studio.cli")
 # the entry points of the processes the studio starts: they read and write their own folder, never SQLite
 CHILD_PROCESSES = ("studio.training.__main__", "studio.serving.server.__main__", "studio.publishing.export_worker",
-                   "studio.core.shepherd")
+                   "studio.core.shepherd", "studio.training.relay")
 REGISTRY = ("studio.core.db", "studio.core.workspace", "studio.core.states", "sqlite_utils", "sqlite3", "gradio")
 
 

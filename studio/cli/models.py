@@ -18,12 +18,12 @@ def register(verbs, common) -> None:
 def list_models(args, ws) -> Output:
     """Each entry with `params` counted from its config (meta device) beside `params_b` as stated."""
     from studio.models.catalog import catalog
-    from studio.models.params import count_params
+    from studio.models.params import cache_dir, count_params
 
     entries = []
     lines = [f"{'model':<40}{'stated':>9}{'counted':>10}  {'context':>8}  {'gated':<6}license"]
     for e in catalog():
-        counted = count_params(e.config).total
+        counted = count_params(e.config, cache=cache_dir(ws)).total
         entries.append(e.model_dump() | {"params": counted})
         lines.append(f"{e.id:<40}{f'{e.params_b:g}B':>9}{f'{counted / 1e9:.3g}B':>10}  {e.context:>8}  "
                      f"{'yes' if e.gated else 'no':<6}{e.license}")
@@ -33,12 +33,12 @@ def list_models(args, ws) -> Output:
 
 
 def show_model(args, ws) -> Output:
-    from studio.models.params import count_params
+    from studio.models.params import cache_dir, count_params
     from studio.models.resolve import model_shape, resolve
 
     resolved = resolve(ws, args.name)
     shape = model_shape(ws, args.name) if resolved.local or resolved.entry else None
-    counted = count_params(shape.hf_config()).total if shape else None
+    counted = count_params(shape.hf_config(), cache=cache_dir(ws)).total if shape else None
     data = resolved.model_dump() | {"shape": shape.model_dump() if shape else None, "params": counted}
     text = [f"{resolved.name}: {'local folder ' if resolved.local else 'hub id '}{resolved.source}"]
     if resolved.entry:

@@ -52,6 +52,16 @@ def register(verbs, common) -> None:
     worker.add_argument("--poll", type=float, default=2.0, metavar="S", help="seconds between passes (default 2)")
     worker.set_defaults(handler=run_worker)
 
+    compare = sub.add_parser("compare", parents=[common],
+                             help="two or more runs side by side: curves, settings that differ, scores, data, outcomes")
+    compare.add_argument("ids", nargs="+", metavar="RUN", help="the run ids (two or more)")
+    compare.set_defaults(handler=run_compare)
+
+    lineage = sub.add_parser("lineage", parents=[common],
+                             help="a run's lineage: dataset version → runs it continues → run → exports → deployments")
+    lineage.add_argument("id")
+    lineage.set_defaults(handler=run_lineage)
+
 
 def _row(run) -> dict:
     return {
@@ -91,6 +101,7 @@ def describe(ws, run_id: str, log_lines: int = 10) -> tuple[dict, str]:
                         "last_step": progress["last"], "notices": progress["notices"],
                         "checkpoints": [c["path"] for c in progress["checkpoints"]],
                         "log_tail": run.folder.tail_log(log_lines)}
+    data["tracking"] = data["manifest"].get("tracking") or {}
     status = run.status
     if run.cancel_requested_at and run.status == "running":
         status += " (cancel requested: it stops after the current step)"
@@ -109,6 +120,7 @@ def describe(ws, run_id: str, log_lines: int = 10) -> tuple[dict, str]:
         lines.append(f"fix       {run.fix}")
     if run.folder.has_adapter():
         lines.append(f"adapter   {run.folder.adapter}")
+    lines += _tracking_lines(data["tracking"], run.folder.path)
     lines.append(f"folder    {run.path}")
     settings = ", ".join(f"{k}={v}" for k, v in run.config.items() if k not in ("base_model", "dataset_id"))
     lines.append(f"config    {settings}")
@@ -116,6 +128,21 @@ def describe(ws, run_id: str, log_lines: int = 10) -> tuple[dict, str]:
         lines.append("log (last lines):")
         lines += ["  " + ln for ln in data["log_tail"] if "it/s]" not in ln and "examples/s]" not in ln]
     return data, "\n".join(lines)
+
+
+def _tracking_lines(tracking: dict, folder) -> list[str]:
+    """Where the run is in MLflow (training/reporting.py) and the TensorBoard command for its event files."""
+    from studio.training.tracking import run_link
+
+    lines = []
+    entry = tracking.get("mlflow")
+    if entry:
+        where = f"run {entry['run_id']} at {entry['uri']}" if entry.get("run_id") else f"to {entry['uri']} (no run yet)"
+        link = run_link(entry)
+        lines.append(f"mlflow    {where}" + (f"  {link}" if link else ""))
+    if (folder / "tensorboard").is_dir():
+        lines.append(f"tensorboard --logdir {folder / 'tensorboard'}")
+    return lines
 
 
 def follow(ws, run_id: str, *, schedule: bool = False, poll: float = 1.0, out=print) -> str:
@@ -251,3 +278,17 @@ def run_worker(args, ws) -> Output | None:
     except KeyboardInterrupt:
         pass
     return Output({"stopped": True, "started": sorted(seen)}, "worker stopped")
+
+
+def run_compare(args, ws) -> Output:
+    from studio.evaluation.compare import compare, comparison_text
+
+    found = compare(ws, args.ids)
+    return Output(found, comparison_text(found))
+
+
+def run_lineage(args, ws) -> Output:
+    from studio.publishing.lineage import lineage, lineage_markdown
+
+    found = lineage(ws, args.id)
+    return Output(found, lineage_markdown(found, plain=True))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-import sqlite_utils
+from studio.core.sqlitelib import sqlite_utils
 
 
 def _m001_core(db: sqlite_utils.Database) -> None:
@@ -199,7 +199,14 @@ def _m007_accounts(db: sqlite_utils.Database) -> None:
         db[table].add_column("created_by", str)
 
 
-MIGRATIONS = [_m001_core, _m003_training, _m004_serve, _m005_publish, _m006_supervision, _m007_accounts]
+def _m008_multiprocess_runs(db: sqlite_utils.Database) -> None:
+    """Runs: every GPU a run of several processes holds ("0,1"; `gpu` stays its first), so the queue
+    starts other runs only on the GPUs left free."""
+    db["runs"].add_column("devices", str)
+
+
+MIGRATIONS = [_m001_core, _m003_training, _m004_serve, _m005_publish, _m006_supervision, _m007_accounts,
+              _m008_multiprocess_runs]
 
 
 def _number(step) -> int:

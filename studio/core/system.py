@@ -8,10 +8,13 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import subprocess
 from importlib import metadata
 from typing import TYPE_CHECKING
 
 import psutil
+
+from studio.core.driver import no_gpu_driver
 
 if TYPE_CHECKING:
     from studio.core.workspace import Workspace
@@ -24,7 +27,12 @@ GIB = 1024**3
 
 
 def gpus() -> list[dict]:
-    """Each CUDA device with its memory, as torch sees it; [] without CUDA."""
+    """Each CUDA device with its memory, as torch sees it; [] without CUDA.
+
+    A Linux machine with no GPU driver at all answers [] without importing torch (seconds the fit check, the
+    queue and `studio train` need not pay); anywhere else torch is asked, as it is what the run will use."""
+    if no_gpu_driver():
+        return []
     import torch
 
     if not torch.cuda.is_available():
@@ -117,3 +125,36 @@ def format_report(facts: dict) -> str:
     for name, version in facts["libraries"].items():
         lines.append(f"  {name:<16}{version or 'not installed'}")
     return "\n".join(lines)
+
+
+def device_summary() -> dict:
+    """The devices in a line for the status strip, cheap enough to ask every few seconds: nvidia-smi (no torch,
+    no CUDA context in the studio process) for each GPU's name and free memory, else the CPU and free RAM."""
+    found = []
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "--query-gpu=index,name,memory.free,memory.total",
+                                  "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
+            lines = out.stdout.splitlines() if out.returncode == 0 else []
+        except (OSError, subprocess.TimeoutExpired):
+            lines = []
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        allowed = {v.strip() for v in visible.split(",")} if visible is not None else None
+        for line in lines:
+            parts = [part.strip() for part in line.split(",")]
+            if len(parts) < 4 or not parts[0].isdigit() or (allowed is not None and parts[0] not in allowed):
+                continue
+            found.append({"index": int(parts[0]), "name": ", ".join(parts[1:-2]),
+                          "memory_free_gb": _gib(parts[-2]), "memory_total_gb": _gib(parts[-1])})
+    memory = psutil.virtual_memory()
+    return {"gpus": found, "cpu_cores": os.cpu_count(), "memory_free_gb": round(memory.available / GIB, 1),
+            "memory_total_gb": round(memory.total / GIB, 1)}
+
+
+def _gib(mib: str) -> float | None:
+    """nvidia-smi's MiB as GiB; None for its "[N/A]" (some boards do not report memory)."""
+    try:
+        return round(float(mib) / 1024, 1)
+    except ValueError:
+        return None

@@ -14,11 +14,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
-
 from studio.core import db as schema
 from studio.core.errors import InvalidInput, ResourceError
 from studio.core.files import is_disk_full
+from studio.core.sqlitelib import sqlite_utils
 
 DEFAULT_HOME = Path("~/.llmops-studio")
 BUSY_TIMEOUT_S = 30.0  # how long a write waits for another writer (a backup, a DB browser) to let go

@@ -3,19 +3,27 @@ no weights) with accelerate's init_empty_weights and its tensors are counted, so
 grouped-query attention, biases, extra norms and mixture-of-experts layers come out as the architecture
 has them. The fit check (studio/training/fitcheck.py) and `studio models list` use it.
 
-A count is cached per config for the life of the process: building an 8B model on the meta device takes
-~0.2 s (the first one in a process ~3 s more, importing the model code).
+A count is kept for the life of the process, and, given a workspace's cache folder (`cache_dir`), on disk
+per config and transformers version: building on the meta device needs torch and transformers imported (seconds
+in a fresh process), so `studio train` and the Train tab count a model once per workspace and afterwards read
+the number back without importing either.
 """
 
 from __future__ import annotations
 
-import functools
+import hashlib
 import json
-from typing import Any
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from studio.core.errors import ModelUnavailable
+from studio.core.files import write_json_atomic
+
+if TYPE_CHECKING:
+    from studio.core.workspace import Workspace
 
 # config.json keys that describe a file rather than the architecture; building from them would fail or
 # quantize (a pre-quantized checkpoint's quantization_config).
@@ -38,15 +46,54 @@ class ParamCount(BaseModel):
         return sum(self.lora_io[t] for t in chosen)
 
 
-def count_params(config: dict[str, Any]) -> ParamCount:
+_COUNTED: dict[str, ParamCount] = {}  # this process's counts, by config
+
+
+def cache_dir(ws: Workspace) -> Path:
+    """Where a workspace keeps its counts (one small JSON file per config and transformers version)."""
+    return ws.home / "cache" / "param-counts"
+
+
+def count_params(config: dict[str, Any], cache: Path | None = None) -> ParamCount:
     """Count the parameters of the model `config` (config.json's keys, model_type included) describes.
 
+    `cache`: a folder of counts kept across processes (cache_dir(ws)); read first, written after a count.
     Raises ModelUnavailable when transformers cannot build that architecture from its config."""
     clean = {k: v for k, v in config.items() if k not in _NOT_ARCHITECTURE}
-    return _count(json.dumps(clean, sort_keys=True))
+    key = json.dumps(clean, sort_keys=True)
+    path = _cache_file(cache, key) if cache is not None else None
+    stored = _read(path) if path is not None else None
+    counted = _COUNTED.get(key) or stored or _count(key)
+    if path is not None and stored is None:  # counted here (or earlier in this process): keep it for the next
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, {"config": clean, "count": counted.model_dump()})
+        except OSError:  # a read-only workspace only loses the shortcut
+            pass
+    if len(_COUNTED) > 256:
+        _COUNTED.clear()
+    _COUNTED[key] = counted
+    return counted
 
 
-@functools.lru_cache(maxsize=64)
+def _cache_file(folder: Path, key: str) -> Path:
+    """The file of this config's count: transformers' version is part of the name, as a newer one may build the
+    architecture differently."""
+    try:
+        version = metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        version = "none"
+    digest = hashlib.sha256(f"transformers {version}\n{key}".encode()).hexdigest()
+    return folder / f"{digest[:24]}.json"
+
+
+def _read(path: Path) -> ParamCount | None:
+    try:
+        return ParamCount.model_validate(json.loads(path.read_text(encoding="utf-8"))["count"])
+    except (OSError, ValueError, KeyError, TypeError, ValidationError):  # absent or damaged: count again
+        return None
+
+
 def _count(config_json: str) -> ParamCount:
     from studio.core.imports import heavy_imports
 

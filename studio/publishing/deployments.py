@@ -227,6 +227,11 @@ def format_deployment(dep: Deployment) -> str:
     if dep.verification:
         lines.append(format_verification(dep.verification) if dep.verification.get("items") is not None
                      and dep.verdict != "not_run" else f"Verification: not run — {dep.verification.get('summary')}")
+    from studio.publishing.mlflow_registry import describe
+
+    tracked = describe(dep.options.get("mlflow"))
+    if tracked:
+        lines.append(tracked)
     curl = curl_example(dep)
     if curl:
         lines += ["Try it:", f"  {curl}"]

@@ -98,7 +98,21 @@ def publish(ws: Workspace, run_id: str, target: str = "local", options: dict | N
                           previous_id=previous.id if previous else None,
                           options={"options": chosen.options.public()})
     audit.record(ws, "publish", dep.id, run=source.run_id, kind=chosen.kind, slot=plan.slot)
-    return _deploy_and_verify(ws, dep, chosen, source, export, progress, replaces=previous)
+    dep = _deploy_and_verify(ws, dep, chosen, source, export, progress, replaces=previous)
+    return _track(ws, dep, progress)
+
+
+def _track(ws: Workspace, dep: registry.Deployment, progress: Progress) -> registry.Deployment:
+    """A model version in MLflow's registry when a tracking URI is configured; its failure is a warning."""
+    from studio.publishing import mlflow_registry
+    from studio.training.tracking import configured
+
+    if not configured(ws)[0]:
+        return dep
+    progress(0.97, "registering the model version in MLflow")
+    result = mlflow_registry.register(ws, dep)
+    return registry.transition(ws, dep.id, dep.status, expect=(dep.status,), quiet=True,
+                               options={**dep.options, "mlflow": result}) or dep
 
 
 def _deploy_and_verify(ws, dep, chosen, source, export, progress, replaces=None) -> registry.Deployment:

@@ -121,6 +121,14 @@ class TrainConfig(BaseModel):
         1.0, gt=0.0, le=100.0, description="Caps the size of each update, so one odd batch cannot derail training."
     )
 
+    # where it runs
+    processes: int = Field(
+        1, ge=1, le=64,
+        description="Training processes on this machine, one per GPU: each trains on micro_batch_size examples, so "
+        "the real batch is processes x micro-batch x accumulation. Several GPUs share the run with DDP (each holds "
+        "the whole model) or, when the model does not fit one GPU, FSDP (the model sharded over them).",
+    )
+
     # bookkeeping
     eval_every: int = Field(
         0, ge=0, le=1_000_000,
@@ -155,14 +163,15 @@ class TrainConfig(BaseModel):
 
     @property
     def effective_batch_size(self) -> int:
-        return self.micro_batch_size * self.gradient_accumulation
+        return self.micro_batch_size * self.gradient_accumulation  # per process
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
 
-# Fields a preset may set: everything except what the user picks for each run.
-PRESET_FIELDS = tuple(name for name in TrainConfig.model_fields if name not in ("base_model", "dataset_id"))
+# Fields a preset may set: everything except what the user picks for each run (and the machine decides).
+PRESET_FIELDS = tuple(name for name in TrainConfig.model_fields if name not in ("base_model", "dataset_id",
+                                                                                "processes"))
 
 
 def field_help(name: str) -> str:

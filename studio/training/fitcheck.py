@@ -116,6 +116,9 @@ class FitEstimate(BaseModel):
     suggestion: str = ""
     changes: dict[str, Any] = {}
     notice: str | None = None
+    processes: int = 1  # several: the memory above is per process (studio/training/strategy.py)
+    strategy: str | None = None  # "ddp" | "fsdp" for several processes
+    strategy_reason: str = ""
 
     def parts(self) -> list[tuple[str, int]]:
         return [
@@ -129,6 +132,8 @@ class FitEstimate(BaseModel):
         lines = [f"Estimated peak memory: {gb(self.peak_bytes)} on {self.device}."]
         lines += [f"  {label}: {gb(size)}" for label, size in self.parts()]
         lines.append(f"Estimated time: {duration(self.seconds)} for {self.steps:,} steps (~{self.tokens:,} tokens).")
+        if self.strategy_reason:
+            lines.append(self.strategy_reason)
         if self.verdict:
             lines.append(self.verdict)
         if self.suggestion:
@@ -347,17 +352,19 @@ def dataset_stats(ws: Workspace, dataset_id: str, base_model: str, sample: int =
     tokenizer is not downloaded yet is not fetched here (that can take a minute offline): the report's
     numbers, counted with another tokenizer, stand in for them.
     """
-    from transformers import AutoTokenizer
-
-    from studio.data.store import get_version, load_split
-    from studio.data.templates import apply_template
-    from studio.models.resolve import resolve
+    from studio.data.store import get_version
 
     version = get_version(ws, dataset_id)
     tokens = (version.report or {}).get("tokens") or {}
     reported = {"rows": version.rows_train, "mean_tokens": tokens.get("mean"), "max_tokens": tokens.get("max")}
     if version.base_model == base_model and tokens.get("max"):
-        return reported
+        return reported  # the stored report's counts: no tokenizer, no transformers import
+    from transformers import AutoTokenizer
+
+    from studio.data.store import load_split
+    from studio.data.templates import apply_template
+    from studio.models.resolve import resolve
+
     resolved = resolve(ws, base_model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved.source, local_files_only=not resolved.local)

@@ -6,7 +6,11 @@ runs/<id>/events.jsonl      one JSON object per line: start, step, eval, checkpo
 runs/<id>/status.json       the process's own state: running | succeeded | failed | cancelled (+ reason)
 runs/<id>/train.log         the process's stdout and stderr (each attempt starts with a marker line)
 runs/<id>/exit.json         how the last attempt's process ended (exit code or signal), by its shepherd
+runs/<id>/ranks/<k>.json    a run of several processes: each rank's pid and start time (launchers/accelerate.py)
+runs/<id>/accelerate.yaml   a run of several processes: the `accelerate launch` config it was started with
 runs/<id>/checkpoints/      Trainer checkpoints (adapter + optimizer + scheduler + RNG state)
+runs/<id>/data-cache/       a dataset version too big to read into memory (run.MMAP_SPLIT_MB), as memory-mapped
+                            Arrow files, and the trainers' tokenised rows beside them
 runs/<id>/adapter/          the peft adapter, the tokenizer and chat template it was trained with,
                             and generation_config.json with the end-of-turn ids
 

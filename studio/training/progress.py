@@ -3,15 +3,20 @@
 Step events carry step, epoch, loss, learning rate, gradient norm, tokens per second, GPU memory,
 elapsed and ETA, and for DPO/ORPO/KTO the reward margin, the chosen/rejected rewards and the accuracy of
 preferring the chosen answer; the studio's Runs tab and `studio runs show --follow` read nothing else.
+In a run of several processes only rank 0 writes (the Trainer already logs the loss averaged over the
+ranks), and a stop asked of any rank stops them all at the same step.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
+
+from studio.training import distributed
 
 if TYPE_CHECKING:
     from studio.training.folder import Clock, RunFolder
@@ -45,6 +50,8 @@ class Progress(TrainerCallback):
         self._first_time = time.time()
         self._last_tokens = 0
         self._last_time = time.time()
+        self.writes = distributed.is_main()  # rank 0 of a group (or the only process) writes events
+        self.listeners: list[Callable[[dict], None]] = []  # told every step/eval event (reporting.MlflowRun)
 
     def _gpu_memory(self) -> int | None:
         import torch
@@ -55,6 +62,8 @@ class Progress(TrainerCallback):
         self._first_step = state.global_step
         self._first_time = self._last_time = time.time()
         self._last_tokens = state.num_input_tokens_seen or 0
+        if not self.writes:
+            return
         self.folder.emit(
             "start", step=state.global_step, max_steps=state.max_steps, epochs=args.num_train_epochs,
             resumed_from=self.resumed_from, elapsed=self.clock.elapsed(),
@@ -62,13 +71,16 @@ class Progress(TrainerCallback):
         self.folder.write_status("running", step=state.global_step, max_steps=state.max_steps)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.stop.is_set():
+        if distributed.sync_stop(self.stop.is_set(), args.device):
+            self.stop.set()  # a rank that was not signalled itself stops with the others (and says cancelled)
             control.should_training_stop = True
             control.should_save = True  # a checkpoint to resume from, written before the loop ends
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
+        if not self.writes:
+            return
         now = time.time()
         if "loss" in logs:
             tokens = state.num_input_tokens_seen or 0
@@ -77,19 +89,24 @@ class Progress(TrainerCallback):
             done = state.global_step - self._first_step
             per_step = (now - self._first_time) / done if done > 0 else None
             eta = round(per_step * (state.max_steps - state.global_step), 1) if per_step else None
-            self.folder.emit(
+            self._tell(self.folder.emit(
                 "step", step=state.global_step, max_steps=state.max_steps, epoch=_number(state.epoch),
                 loss=_number(logs.get("loss")), learning_rate=_number(logs.get("learning_rate")),
                 grad_norm=_number(logs.get("grad_norm")), tokens_seen=int(tokens),
                 tokens_per_second=round(speed, 1), gpu_memory=self._gpu_memory(),
                 elapsed=self.clock.elapsed(), eta=eta, **_preference(logs),
-            )
+            ))
         if "eval_loss" in logs:
-            self.folder.emit(
+            self._tell(self.folder.emit(
                 "eval", step=state.global_step, max_steps=state.max_steps, epoch=_number(state.epoch),
                 eval_loss=_number(logs["eval_loss"]), elapsed=self.clock.elapsed(),
                 **{f"eval_{k}": v for k, v in _preference(logs, "eval_").items()},
-            )
+            ))
+
+    def _tell(self, event: dict) -> None:
+        for listener in self.listeners:
+            listener(event)
 
     def on_save(self, args, state, control, **kwargs):
-        self.folder.emit("checkpoint", step=state.global_step, path=f"checkpoints/checkpoint-{state.global_step}")
+        if self.writes:
+            self.folder.emit("checkpoint", step=state.global_step, path=f"checkpoints/checkpoint-{state.global_step}")

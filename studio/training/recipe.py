@@ -61,11 +61,17 @@ def quantization_config(cfg: TrainConfig) -> BitsAndBytesConfig | None:
         return None
     from transformers import BitsAndBytesConfig
 
+    from studio.training import distributed
+
+    extra = {}
+    if distributed.strategy() == "fsdp":  # FSDP shards tensors of one dtype: pack the 4-bit weights in it
+        extra["bnb_4bit_quant_storage"] = compute_dtype()
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=compute_dtype(),
+        **extra,
     )
 
 
@@ -93,8 +99,11 @@ def load_base_model(cfg: TrainConfig, source: str, **kwargs: Any) -> PreTrainedM
     }
     if quant is not None:
         options["quantization_config"] = quant
-    if cuda_available():
-        options["device_map"] = {"": 0}  # the one GPU this process sees (CUDA_VISIBLE_DEVICES)
+    from studio.training import distributed
+
+    if cuda_available() and distributed.strategy() != "fsdp":  # FSDP places the shards itself
+        # the one GPU this process sees (CUDA_VISIBLE_DEVICES), or its own one of a DDP group's
+        options["device_map"] = {"": distributed.local_rank()}
     options.update(kwargs)
     model = AutoModelForCausalLM.from_pretrained(source, **options)
     model.config.use_cache = False  # the KV cache is useless while training and costs memory
@@ -211,6 +220,10 @@ def trainer_options(cfg: TrainConfig, output_dir: str) -> dict[str, Any]:
         dataloader_num_workers=0,
         dataset_num_proc=None,
     )
+    from studio.training import distributed
+
+    if distributed.world_size() > 1:  # LoRA leaves no trained parameter unused: skip DDP's search for them
+        options["ddp_find_unused_parameters"] = False
     return options
 
 

@@ -3,6 +3,7 @@
 Runs inside `python -m studio.training RUN_DIR`. Reads config.yaml and manifest.json, writes only its
 run folder. SIGTERM (cancel) stops at the next step with a checkpoint and the adapter saved; a folder
 that already holds a checkpoint resumes from it, so resume is simply starting the process again.
+Started as one rank of several (launchers/accelerate.py), every rank trains and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.core.files import write_json_atomic
+from studio.training import distributed, reporting
 from studio.training.config import TrainConfig, load_yaml
 from studio.training.failures import EmptyDataset, ModelLoadError, classify
 from studio.training.folder import Clock, RunFolder, previous_elapsed
@@ -40,25 +42,49 @@ def main(run_dir: str) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     clock = Clock(previous_elapsed(folder))
-    folder.write_status("running")
+    main_rank = distributed.is_main()
+    distributed.register(folder.path)
+    if main_rank:
+        folder.write_status("running")
     cfg: TrainConfig | None = None
+    tracker = None
     try:
         cfg = load_yaml(folder.config.read_text(encoding="utf-8"))
-        outcome = train(folder, cfg, stop, clock)
+        if main_rank:  # rank 0 reports for the group, as it writes the run folder for it
+            tracker = reporting.open_mlflow(folder, cfg.model_dump(mode="json"))  # None unless MLflow is configured
+        outcome = train(folder, cfg, stop, clock, tracker)
     except BaseException as exc:  # every way out of a run becomes a reason in status.json
-        log.error("training failed:\n%s", traceback.format_exc())
+        log.error("training failed (rank %s of %s):\n%s", distributed.rank(), distributed.world_size(),
+                  traceback.format_exc())
+        if not main_rank:  # rank 0 says why the run failed; the launcher names a rank that died
+            return _leave_group(1)
         failure = classify(exc, cfg, folder.path, cfg.base_model if cfg else "")
         step = _last_step(folder)
         folder.emit("end", status="failed", step=step, elapsed=clock.elapsed(), **failure.to_dict())
         folder.write_status("failed", step=step, **failure.to_dict())
         log.error("%s %s", failure.reason, failure.fix)
-        return 1
-    folder.write_status(outcome["status"], step=outcome["step"])
+        if tracker is not None:
+            tracker.finish("failed")
+        return _leave_group(1)
+    if tracker is not None:
+        tracker.finish(outcome["status"])  # the adapter as an artifact, before the studio sees the run end
+    if main_rank:
+        folder.write_status(outcome["status"], step=outcome["step"])
     log.info("run %s at step %s", outcome["status"], outcome["step"])
     return 0
 
 
-def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clock) -> dict[str, Any]:
+def _leave_group(code: int) -> int:
+    """A failed rank of a group leaves at once: its collectives are broken, and tearing the interpreter down
+    around them can take seconds while the agent waits to stop the other ranks."""
+    if distributed.world_size() > 1:
+        logging.shutdown()
+        os._exit(code)
+    return code
+
+
+def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clock,
+          tracker: reporting.MlflowRun | None = None) -> dict[str, Any]:
     import torch
     from transformers import AutoTokenizer, set_seed
 
@@ -73,7 +99,8 @@ def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clo
     notice = recipe.method_notice(cfg)
     if notice:
         log.warning(notice)
-        folder.emit("notice", message=notice)
+        if distributed.is_main():
+            folder.emit("notice", message=notice)
 
     # tokenizer, with the chat template the dataset version was previewed with
     try:
@@ -84,7 +111,8 @@ def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clo
 
     # data: the version's files, read directly (the training process never opens the registry)
     data_dir = Path(manifest["dataset"]["path"])
-    train_rows, val_rows = (read_split(data_dir / f"{split}.parquet") for split in ("train", "val"))
+    train_rows, val_rows = (read_split(data_dir / f"{split}.parquet", folder.path / "data-cache")
+                            for split in ("train", "val"))
     if len(train_rows) == 0:
         raise EmptyDataset("the dataset version has no training rows.")
     kind = kind_of(train_rows.column_names)
@@ -116,6 +144,8 @@ def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clo
     if val_set is None:
         overrides["eval_strategy"] = "no"
     progress = Progress(folder, stop, clock)
+    if tracker is not None:
+        progress.listeners.append(tracker.event)
     if cfg.objective != "sft":
         overrides.update(recipe.kto_weights(train_set) if cfg.objective == "kto" else {})
         args = recipe.preference_config(cfg, str(folder.checkpoints), **overrides)
@@ -140,7 +170,7 @@ def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clo
             f"all {len(train_set)} examples were dropped: their answers fall beyond max_length "
             f"({cfg.max_length} tokens) or are empty."
         )
-    cut = sum(1 for n in trainer.train_dataset["input_ids"] if len(n) >= cfg.max_length)
+    cut = _rows_at_least(trainer.train_dataset, cfg.max_length)
     if kept < len(train_set) or cut:
         message = (
             f"{len(train_set) - kept} of {len(train_set)} examples had no answer left within max_length "
@@ -148,28 +178,51 @@ def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clo
             "Raise max_length to keep them whole."
         )
         log.warning(message)
-        folder.emit("notice", message=message)
+        if distributed.is_main():
+            folder.emit("notice", message=message)
     return _train(folder, manifest, cfg, model, trainer, tokenizer, progress, notice, stop, clock)
 
 
 def _train(folder: RunFolder, manifest: dict, cfg: TrainConfig, model: Any, trainer: Any, tokenizer: Any,
            progress: Any, notice: str | None, stop: threading.Event, clock: Clock) -> dict[str, Any]:
-    _write_manifest(folder, manifest, cfg, model, trainer, notice)
+    if distributed.is_main():
+        _write_manifest(folder, manifest, cfg, model, trainer, notice)
     resume = folder.last_checkpoint()
     if resume is not None:
         log.info("resuming from %s", resume)
     progress.resumed_from = resume.name if resume else None
+    board = reporting.tensorboard_callback(folder, int(resume.name.rsplit("-", 1)[1]) if resume else 0)
+    if board is not None:
+        trainer.add_callback(board)  # the Trainer's own TensorBoard reporting, into RUN_DIR/tensorboard
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     status = "cancelled" if stop.is_set() else "succeeded"
     return _finish(folder, trainer, tokenizer, status, clock)
 
 
-def read_split(path: Path) -> Any:
-    """A split's parquet file as a Dataset; an empty file (no validation rows) gives an empty Dataset."""
+MMAP_SPLIT_MB = 64  # a split bigger than this on disk trains from memory-mapped Arrow files (STUDIO_TRAIN_MMAP_MB)
+
+
+def read_split(path: Path, cache_dir: Path | None = None) -> Any:
+    """A split's parquet file as a Dataset; an empty file (no validation rows) gives an empty Dataset.
+
+    A small split is read into memory. A big one is converted once into Arrow files in `cache_dir` (the run
+    folder's data-cache/) and memory-mapped, so the rows, and the tokenised rows that the trainers' map() writes
+    beside them, are read from disk as training goes: a dataset larger than memory trains."""
     import datasets
     import pyarrow.parquet as pq
 
-    return datasets.Dataset(pq.read_table(path))
+    limit = float(os.environ.get("STUDIO_TRAIN_MMAP_MB") or MMAP_SPLIT_MB) * (1 << 20)
+    if cache_dir is None or path.stat().st_size <= limit or pq.ParquetFile(path).metadata.num_rows == 0:
+        return datasets.Dataset(pq.read_table(path))
+    return datasets.Dataset.from_parquet(str(path), cache_dir=str(cache_dir), keep_in_memory=False)
+
+
+def _rows_at_least(dataset: Any, length: int) -> int:
+    """How many tokenised rows are `length` tokens or longer, counted in Arrow (no Python list of every row)."""
+    import pyarrow.compute as pc
+
+    column = dataset.with_format("arrow")[:]["input_ids"]
+    return int(pc.sum(pc.greater_equal(pc.list_value_length(column), length)).as_py() or 0)
 
 
 def apply_template(tokenizer: Any, template: str | None) -> Any:
@@ -185,6 +238,8 @@ def _finish(folder: RunFolder, trainer: Any, tokenizer: Any, status: str, clock:
     adapter = None
     if trainer is not None and step > 0:
         adapter = save_adapter(folder, trainer, tokenizer)
+    if not distributed.is_main():
+        return {"status": status, "step": step}
     losses = [e for e in folder.read_events() if e["type"] in ("step", "eval")]
     last_loss = next((e["loss"] for e in reversed(losses) if e.get("loss") is not None), None)
     last_eval = next((e["eval_loss"] for e in reversed(losses) if e.get("eval_loss") is not None), None)
@@ -203,9 +258,19 @@ def save_adapter(folder: RunFolder, trainer: Any, tokenizer: Any) -> str:
     from transformers import GenerationConfig
 
     tmp = folder.path / ".adapter-new"
-    shutil.rmtree(tmp, ignore_errors=True)
-    # only the trained adapter: DPO/KTO continued from a run also hold a frozen "ref" copy of the start
-    trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])
+    if distributed.strategy() == "fsdp":  # the adapter is sharded: every rank takes part in gathering it
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+        if distributed.is_main():
+            shutil.rmtree(tmp, ignore_errors=True)
+        trainer.save_model(str(tmp))  # rank 0 writes the gathered weights
+        if not distributed.is_main():
+            return str(folder.adapter)
+    elif not distributed.is_main():
+        return str(folder.adapter)  # DDP: rank 0 holds the same weights and writes them
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # only the trained adapter: DPO/KTO continued from a run also hold a frozen "ref" copy of the start
+        trainer.model.save_pretrained(str(tmp), selected_adapters=["default"])
     tokenizer.save_pretrained(str(tmp))
     base_generation = getattr(trainer.model, "generation_config", None)
     eos = _as_list(getattr(base_generation, "eos_token_id", None)) if base_generation is not None else []
@@ -252,6 +317,8 @@ def _write_manifest(folder: RunFolder, manifest: dict, cfg: TrainConfig, model: 
         hardware.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 1024**3, 1),
                         cuda=torch.version.cuda, visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    manifest["distributed"] = {**manifest.get("distributed", {}), "processes": distributed.world_size(),
+                               "strategy": distributed.strategy()}  # what really ran
     manifest.update(
         seed=cfg.seed,
         libraries=versions,

@@ -56,6 +56,7 @@ class Run(BaseModel):
     launcher: str | None = None
     launch_ref: str | None = None
     gpu: int | None = None
+    devices: str | None = None  # "0,1": every GPU a run of several processes holds (gpu is the first)
     error: str | None = None
     fix: str | None = None
     notice: str | None = None
@@ -90,7 +91,8 @@ class Run(BaseModel):
         slot = self.gpu if slot is None else slot
         return Attempt(run_id=self.id, folder=self.folder, slot=CPU_SLOT if slot is None else slot,
                        number=self.attempts or 1,
-                       handle=Handle(pid=self.pid, started=self.proc_start, ref=self.launch_ref))
+                       handle=Handle(pid=self.pid, started=self.proc_start, ref=self.launch_ref),
+                       devices=tuple(int(d) for d in (self.devices or "").split(",") if d.strip()))
 
 
 # ------------------------------------------------------------------------------------------ reading

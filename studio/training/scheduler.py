@@ -9,6 +9,7 @@ every pass its launcher is asked whether it still runs, which is also how a rest
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -20,7 +21,7 @@ from studio.core.db import now, seconds_since
 from studio.core.errors import Conflict
 from studio.training import launchers
 from studio.training.folder import TERMINAL_STATES
-from studio.training.launchers.base import CPU_SLOT, Attempt
+from studio.training.launchers.base import CLUSTER_SLOT, CPU_SLOT, Attempt
 from studio.training.runs import ACTIVE, Run, get_run, list_runs, record, transition
 from studio.training.summary import summarize
 
@@ -38,33 +39,56 @@ def device_slots() -> list[int]:
     return [g["index"] for g in found] if found else [CPU_SLOT]
 
 
-def claim_next(ws: Workspace, slot: int) -> Run | None:
-    """Atomically move the oldest queued run to running on `slot`, if nothing else runs there."""
+def claim_next(ws: Workspace, slot: int, slots: list[int] | None = None) -> Run | None:
+    """Atomically move the oldest queued run to running on `slot`, if nothing else runs there.
+
+    A run of N processes on GPUs takes `slot` and the next N-1 free GPUs of `slots`; until that many are free
+    it waits at the head of the queue (first in, first out: smaller runs behind it do not overtake it)."""
     with ws.db() as db:
         conn = db.conn
         conn.execute("BEGIN IMMEDIATE")  # one writer at a time: the check and the update are one step
-        busy = conn.execute("SELECT 1 FROM runs WHERE status = 'running' AND gpu = ?", [slot]).fetchone()
-        if busy:
+        busy = _busy(conn)
+        if slot in busy and slot != CLUSTER_SLOT:  # a cluster takes every run it is sent; it queues them itself
             conn.rollback()
             return None
-        row = conn.execute(
-            "SELECT id FROM runs WHERE status = 'queued' ORDER BY queued_at, rowid LIMIT 1"
+        remote = [name for name, launcher in launchers.LAUNCHERS.items() if launcher.remote]
+        row = conn.execute(  # a device here takes the oldest local run, CLUSTER_SLOT the oldest remote one
+            f"SELECT id, config_json FROM runs WHERE status = 'queued' AND (coalesce(launcher, 'local') IN "
+            f"({', '.join('?' * len(remote))})) = ? ORDER BY queued_at, rowid LIMIT 1", [*remote, slot == CLUSTER_SLOT]
         ).fetchone()
         if row is None:
             conn.rollback()
             return None
+        devices = [slot]
+        processes = int(json.loads(row[1] or "{}").get("processes") or 1)
+        if processes > 1 and slot not in (CPU_SLOT, CLUSTER_SLOT):
+            free = [s for s in (slots if slots is not None else device_slots()) if s not in busy and s != slot]
+            if len(free) < processes - 1:
+                conn.rollback()
+                return None
+            devices += free[: processes - 1]
         claimed = conn.execute(  # the guarded queued -> running of RUN_STATES, inside this transaction
-            "UPDATE runs SET status = 'running', gpu = ?, started_at = ?, pid = NULL, proc_start = NULL, "
+            "UPDATE runs SET status = 'running', gpu = ?, devices = ?, started_at = ?, pid = NULL, proc_start = NULL, "
             "launch_ref = NULL, error = NULL, fix = NULL WHERE id = ? AND status = 'queued'",
-            [slot, now(), row[0]],
+            [slot, ",".join(map(str, devices)) if len(devices) > 1 else None, now(), row[0]],
         ).rowcount
         conn.commit()
     return get_run(ws, row[0]) if claimed == 1 else None
 
 
+def _busy(conn: Any) -> set[int]:
+    """Every slot a running run holds (all GPUs of a run of several processes)."""
+    held: set[int] = set()
+    for gpu, devices in conn.execute("SELECT gpu, devices FROM runs WHERE status = 'running'"):
+        held.update(int(d) for d in (devices or "").split(",") if d.strip())
+        if gpu is not None:
+            held.add(int(gpu))
+    return held
+
+
 def admit(ws: Workspace, run: Run, slot: int) -> None:
     """On a GPU: if the run's estimated peak exceeds the free memory, unload local chat endpoints first."""
-    if slot == CPU_SLOT:
+    if slot in (CPU_SLOT, CLUSTER_SLOT):
         return
     from studio.core.system import gpus
     from studio.training.fitcheck import SAFETY_MARGIN, gb
@@ -110,8 +134,9 @@ def schedule(ws: Workspace) -> list[str]:
     ids started."""
     reconcile(ws)
     started = []
-    for slot in device_slots():
-        run = claim_next(ws, slot)
+    slots = device_slots()
+    for slot in [*slots, CLUSTER_SLOT]:
+        run = claim_next(ws, slot, slots)
         if run is None:
             continue
         try:
@@ -165,6 +190,11 @@ def _outcome(run: Run, launcher: launchers.Launcher) -> tuple[str, dict[str, Any
     fields: dict[str, Any] = {"finished_at": now()}
     status = run.folder.read_status()
     ending = launcher.ending(run.attempt())
+    died = None if run.cancel_requested_at else launcher.failure(run.attempt())
+    if died:  # a rank of a group died: that, not what the ranks left behind saw, is why the run failed
+        last = run.folder.last_checkpoint()
+        return "failed", {**fields, "error": died, "fix": "Resume the run: it continues from its last checkpoint"
+                          + (f" ({last.name})." if last else " (none was saved yet, so from the beginning).")}
     if status.get("state") in TERMINAL_STATES:
         return status["state"], {**fields, "error": status.get("reason"), "fix": status.get("fix")}
     if run.cancel_requested_at:  # stopped before it could save anything (starting up, or killed when hung)
@@ -235,10 +265,22 @@ def worker(
         stop.wait(poll)
 
 
+_WAKE: list[threading.Event] = []  # one per background scheduler thread of this process
+
+
+def nudge() -> None:
+    """Ask this process's background scheduler for a pass now rather than at its next interval (the Train tab's
+    Start: the run is running within a second). Nothing happens where no scheduler thread runs."""
+    for wake in _WAKE:
+        wake.set()
+
+
 def start_scheduler(ws: Workspace, interval: float = 2.0) -> threading.Event:
     """The studio's background scheduler thread: reconcile on start, then keep the queue moving.
     Set the returned event to stop it."""
     stop = threading.Event()
+    wake = threading.Event()
+    _WAKE.append(wake)
     reconcile(ws)
 
     def loop() -> None:
@@ -247,7 +289,9 @@ def start_scheduler(ws: Workspace, interval: float = 2.0) -> threading.Event:
                 schedule(ws)
             except Exception as exc:  # keep the thread alive; the next pass retries
                 print(f"scheduler: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            stop.wait(interval)
+            wake.wait(interval)  # a nudge, or the interval
+            wake.clear()
+        _WAKE.remove(wake)
 
     threading.Thread(target=loop, name="studio-scheduler", daemon=True).start()
     return stop

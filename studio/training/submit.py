@@ -43,12 +43,16 @@ def plan(ws: Workspace, cfg: TrainConfig) -> Plan:
     from studio.core.errors import ModelUnavailable
     from studio.core.system import gpus
     from studio.data.store import get_version
+    from studio.models.params import cache_dir as params_cache
+    from studio.models.params import count_params
     from studio.models.resolve import model_shape
     from studio.training import fitcheck
+    from studio.training.strategy import check_processes, spread
 
     check_objective(get_version(ws, cfg.dataset_id), cfg)  # a missing or unsuitable dataset is refused first
     shape = model_shape(ws, cfg.base_model)
     found = gpus()
+    check_processes(cfg.processes, found)
     gpu = found[0] if found else None
     device = f"GPU 0 ({gpu['name']})" if gpu else "the CPU"
     if shape is None:
@@ -59,7 +63,9 @@ def plan(ws: Workspace, cfg: TrainConfig) -> Plan:
     except ModelUnavailable:  # a local folder that is not a model: the run itself will say so
         stats = {}
     try:
+        count_params(shape.hf_config(), cache=params_cache(ws))  # read back (no torch) once counted in this workspace
         estimate = fitcheck.estimate(shape, cfg, stats, gpu, available_bytes=psutil.virtual_memory().available)
+        estimate = spread(estimate, cfg, shape, gpu, psutil.virtual_memory().available)
     except ModelUnavailable as exc:  # an architecture transformers cannot build: it cannot train it either
         return Plan(config=cfg, summary=f"No fit check: {exc}", device=device)
     return Plan(config=cfg, estimate=estimate.model_dump(), summary=estimate.summary(), device=device)
@@ -77,20 +83,33 @@ def submit(
     name: str | None = None,
     force: bool = False,
     estimate: FitEstimate | dict | None = None,
-    launcher: str = launchers.DEFAULT,
+    launcher: str | None = None,
     from_run: str | None = None,
+    launch_options: dict[str, Any] | None = None,
 ) -> Run:
     """Freeze `cfg` into a new run folder, register the run and queue it for `launcher` to start.
 
     Refused (ResourceError, with the change that fits) when the fit check says it cannot fit the
     device's whole memory, unless force=True. `from_run`: start from that run's adapter (trainable) instead
     of a fresh one; its adapter is copied into the new run folder (start-adapter/) and named in the manifest.
+    `launcher` None: Ray when a cluster address is set (System tab, STUDIO_RAY_ADDRESS), else this machine;
+    `launch_options` go to the launcher's prepare ({"ray_address": ...} for Ray).
     """
+    from studio.core.system import gpus
     from studio.data.store import get_version
     from studio.models.resolve import resolve
+    from studio.training.strategy import check_processes, manifest_entry
 
     actor = access.require(ws, "train.start")
+    if launcher is None:  # the default: a Ray cluster set in the System tab or STUDIO_RAY_ADDRESS takes the runs
+        from studio.training.cluster import configured
+
+        launcher = "ray" if configured(ws)[0] else launchers.DEFAULT
+    if cfg.processes > 1 and launcher == launchers.DEFAULT:
+        launcher = "accelerate"  # several processes on this machine: one group under `accelerate launch`
     launcher = launchers.get(launcher).name
+    if launcher in (launchers.DEFAULT, "accelerate"):
+        check_processes(cfg.processes, gpus())
     version = get_version(ws, cfg.dataset_id)
     check_objective(version, cfg)
     parent = lineage.parent_for(ws, from_run, cfg) if from_run else None
@@ -101,6 +120,8 @@ def submit(
         estimate = estimate.model_dump()
     if estimate and not force:
         _refuse_if_too_big(estimate)
+    # e.g. Ray: the cluster must answer before anything is queued (launch_options: {"ray_address": ...})
+    launch = launchers.get(launcher).prepare(ws, launch_options or {})
     with disk_full_says("creating the run folder", ws.runs_dir):
         folder = RunFolder(new_folder(ws.runs_dir, "run"))
     run_id = folder.path.name
@@ -116,7 +137,15 @@ def submit(
             "path": version.path, "rows_train": version.rows_train, "rows_val": version.rows_val,
         },
         "fit_check": estimate,
+        "distributed": manifest_entry(cfg.processes, estimate),
     }
+    if launch:
+        manifest["launch"] = launch
+    from studio.training import tracking
+
+    tracked = tracking.manifest_entry(ws)  # MLflow's URI, frozen: the process may run on another machine
+    if tracked:
+        manifest["tracking"] = tracked
     try:  # a folder that is not complete is removed: the queue never sees half a run
         with disk_full_says("writing the run's config and manifest", ws.runs_dir):
             folder.config.write_text(cfg.to_yaml(), encoding="utf-8")
@@ -183,7 +212,8 @@ def rerun(ws: Workspace, run_id: str) -> Run:
     manifest = run.folder.read_manifest()
     return submit(ws, cfg, preset=run.preset, overrides=manifest.get("overrides"),
                   name=f"{run.name} (re-run)", estimate=manifest.get("fit_check"), force=True,
-                  launcher=run.launcher or launchers.DEFAULT, from_run=(manifest.get("parent") or {}).get("run_id"))
+                  launcher=run.launcher or launchers.DEFAULT, from_run=(manifest.get("parent") or {}).get("run_id"),
+                  launch_options={"ray_address": (manifest.get("launch") or {}).get("address")})
 
 
 def command_line(base_model: str, dataset_id: str, preset: str, overrides: dict[str, Any] | None = None,
@@ -197,6 +227,9 @@ def command_line(base_model: str, dataset_id: str, preset: str, overrides: dict[
         parts += ["--method", overrides.pop("objective")]
     if from_run:
         parts += ["--from", from_run]
+    if overrides.get("processes") not in (None, 1):
+        parts += ["--processes", str(overrides.pop("processes"))]
+    overrides.pop("processes", None)
     for key, value in overrides.items():
         text = json.dumps(value) if isinstance(value, list | bool) else str(value)
         parts += ["--set", f"{key}={text}"]

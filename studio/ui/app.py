@@ -28,9 +28,10 @@ TABS = [
 
 
 def build_app(ws: Workspace, warning: str | None = None) -> gr.Blocks:
-    from studio.ui import session
+    from studio.ui import session, statusbar
 
-    with gr.Blocks(title="LLMOps Studio") as app:
+    handles: dict[str, object] = {}  # what a tab's build returns (the Runs tab: its run picker)
+    with gr.Blocks(title="LLMOps Studio", fill_width=True) as app:
         if warning:
             gr.Markdown(f"⚠️ **{warning}**", elem_id="studio-insecure-banner")
         gr.Markdown(
@@ -41,7 +42,8 @@ def build_app(ws: Workspace, warning: str | None = None) -> gr.Blocks:
         )
         signed_in = gr.Markdown("", elem_id="studio-user")
         app.load(lambda: session.who(ws), outputs=signed_in, api_visibility="private")
-        with gr.Tabs():
+        bar = statusbar.strip()  # device, queue, endpoints: visible from every tab
+        with gr.Tabs(elem_id="studio-tabs"):
             for label, module, purpose, issue in TABS:
                 with gr.Tab(label, id=module):
                     name = f"studio.ui.{module}"
@@ -52,12 +54,17 @@ def build_app(ws: Workspace, warning: str | None = None) -> gr.Blocks:
                             f"studio yet (tracked as issue {issue})."
                         )
                     else:
-                        importlib.import_module(name).build(ws)
+                        handles[module] = importlib.import_module(name).build(ws)
+        statusbar.connect(app, ws, bar, handles.get("runs_tab"))
     return app
 
 
 def theme() -> gr.themes.Base:
-    return gr.themes.Soft(primary_hue="indigo", secondary_hue="slate")
+    """Desktop density (small text and spacing, for a 1366x768 laptop); light or dark follows the system's
+    setting (Gradio reads prefers-color-scheme), and studio.css uses the theme's variables so both work."""
+    sizes = gr.themes.sizes
+    return gr.themes.Soft(primary_hue="indigo", secondary_hue="slate", text_size=sizes.text_sm,
+                          spacing_size=sizes.spacing_sm, radius_size=sizes.radius_sm)
 
 
 def css() -> str:

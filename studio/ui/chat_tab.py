@@ -18,6 +18,7 @@ from studio.core.errors import StudioError
 from studio.core.workspace import Workspace
 from studio.evaluation import feedback
 from studio.serving import chat, client, endpoints
+from studio.ui.guide import guide
 
 GUIDE = """### Chat with your tuned model beside the base model
 Pick a **finished run** (or an endpoint), type a question, press **Send**: the **left** pane answers with the
@@ -105,17 +106,27 @@ def stream_panes(url: str, bodies: dict[str, dict], api_key: str | None = None):
             yield pane, piece, status
 
 
+CHAT_HEIGHT = "max(220px, calc(100vh - 560px))"  # a 1366x768 window: 220 px; 1920x1080: 520 px
+
+
 def build(ws: Workspace) -> None:
-    gr.Markdown(GUIDE)
+    guide(GUIDE)
     target = gr.State({})
     with gr.Row():
         source = gr.Dropdown(label="Chat with", choices=sources(ws), value=None, scale=3,
                              info="A finished training run (base and tuned model side by side), or an endpoint.")
-        refresh = gr.Button("Refresh list", size="sm", scale=0)
+        with gr.Column(scale=0, min_width=150):
+            refresh = gr.Button("Refresh list", size="sm")
+            start = gr.Button("Start endpoint", size="sm")
+            stop = gr.Button("Stop endpoint", size="sm")
+        with gr.Column(scale=4):  # which model answers in which pane, beside what to chat with
+            with gr.Row():
+                left_model = gr.Dropdown(label="Left pane", allow_custom_value=True,
+                                         info="Which model answers on the left (normally the base model).")
+                right_model = gr.Dropdown(label="Right pane", allow_custom_value=True,
+                                          info="Which model answers on the right (normally your tuned model). "
+                                               "Leave empty to chat with one model only.")
     status = gr.Markdown(describe(ws, None), elem_id="chat-status")
-    with gr.Row():
-        start = gr.Button("Start endpoint", size="sm")
-        stop = gr.Button("Stop endpoint", size="sm")
     with gr.Accordion("Add a server by URL", open=False):
         with gr.Row():
             url = gr.Textbox(label="Server URL", placeholder="http://my-tgi-server:8080", scale=3,
@@ -124,20 +135,17 @@ def build(ws: Workspace) -> None:
                                  info="The name of the studio's environment variable that holds the key; the key "
                                       "itself is never stored.")
             add = gr.Button("Add", scale=0)
-    with gr.Row():
-        left_model = gr.Dropdown(label="Left pane", allow_custom_value=True,
-                                 info="Which model answers on the left (normally the base model).")
-        right_model = gr.Dropdown(label="Right pane", allow_custom_value=True,
-                                  info="Which model answers on the right (normally your tuned model). "
-                                       "Leave empty to chat with one model only.")
-    with gr.Row():
-        left = gr.Chatbot(label="Base model", height=380, elem_id="chat-left", feedback_options=("Like", "Dislike"))
-        right = gr.Chatbot(label="Tuned model", height=380, elem_id="chat-right", feedback_options=("Like", "Dislike"))
-    message = gr.Textbox(label="Your question", lines=2, placeholder="Ask something from your field…",
-                         info="Both panes get exactly this question; press Send (or Enter).", elem_id="chat-input")
-    with gr.Row():
-        send = gr.Button("Send", variant="primary")
-        clear = gr.Button("Clear the conversation")
+    with gr.Row():  # as tall as the window allows: the question box stays on screen on a 768-pixel laptop
+        left = gr.Chatbot(label="Base model", height=CHAT_HEIGHT, elem_id="chat-left",
+                          feedback_options=("Like", "Dislike"))
+        right = gr.Chatbot(label="Tuned model", height=CHAT_HEIGHT, elem_id="chat-right",
+                           feedback_options=("Like", "Dislike"))
+    with gr.Row(equal_height=True):
+        message = gr.Textbox(label="Your question", lines=2, placeholder="Ask something from your field…", scale=5,
+                             info="Both panes get exactly this question; press Send (or Enter).", elem_id="chat-input")
+        with gr.Column(scale=1, min_width=160):
+            send = gr.Button("Send", variant="primary")
+            clear = gr.Button("Clear the conversation", size="sm")
     with gr.Accordion("Answer settings", open=False):
         system = gr.Textbox(label="System prompt", lines=2,
                             info="Standing instructions given before the conversation, e.g. 'Answer in one "

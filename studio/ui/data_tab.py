@@ -22,6 +22,7 @@ from studio.data.mapping import ROLE_HELP
 from studio.data.report import figure, summary_line
 from studio.data.templates import TEMPLATE_HELP
 from studio.models.catalog import catalog
+from studio.ui.guide import guide
 
 SAMPLE_FILES = ["support_faq.csv", "clinical_notes.csv"]
 NONE = "(none)"
@@ -51,27 +52,32 @@ def _fail(exc: StudioError):
 # --- formatting ----------------------------------------------------------------------------------
 
 
+LEARNED = "rgba(34,197,94,0.28)"  # translucent green: readable on the light and the dark theme
+
+
 def preview_html(previews: list[dict[str, Any]]) -> str:
     """Each rendered conversation, token by token: answers (what training learns) on green, markers grey."""
     if not previews:
         return "<p>No rows to preview.</p>"
-    out = ['<div style="font-size:0.85em">Each box is one token. <span style="background:#c8f0c8">Green</span> '
+    out = ['<div style="font-size:0.85em">Each box is one token. '
+           f'<span style="background:{LEARNED}">Green</span> '
            'tokens are the answers the model learns to write; the rest is the prompt it reads. '
            '<span style="color:#888">Grey</span> tokens are the chat template\'s markers.</div>']
     for p in previews:
         spans = []
         for piece in p["pieces"]:
             text = html.escape(piece["text"]).replace("\n", "↵<br>")
-            style = "border-right:1px solid #ddd;"
+            style = "border-right:1px solid var(--border-color-primary);"
             if piece["trained"]:
-                style += "background:#c8f0c8;"
+                style += f"background:{LEARNED};"
             if piece["special"]:
                 style += "color:#888;font-style:italic;"
             spans.append(f'<span style="{style}">{text}</span>')
         out.append(
             f'<div style="margin:0.6em 0"><b>{p["row_label"].title()} {p["row"]}</b>: {p["tokens"]} tokens, '
             f'{p["trained_tokens"]} learned<pre style="white-space:pre-wrap;font-family:monospace;'
-            f'line-height:1.5;padding:0.5em;border:1px solid #ddd;border-radius:6px">{"".join(spans)}</pre></div>'
+            f'line-height:1.5;padding:0.5em;border:1px solid var(--border-color-primary);border-radius:6px">'
+            f'{"".join(spans)}</pre></div>'
         )
     return "\n".join(out)
 
@@ -128,7 +134,7 @@ def _rejected_path(prepared: importer.Prepared) -> str | None:
 
 
 def build(ws: Workspace) -> None:
-    gr.Markdown(GUIDE, elem_id="data-guide")
+    guide(GUIDE, open=True, elem_id="data-guide")
     state = gr.State({})
     with gr.Row():
         upload = gr.File(label="1. Your spreadsheet (CSV, TSV, XLSX, JSONL, JSON or Parquet)", scale=3,

@@ -17,6 +17,7 @@ from studio.evaluation.golden import golden_from_rows, read_golden
 from studio.evaluation.runner import Evaluation, compare, evaluate_run, get_evaluation, list_evaluations
 from studio.evaluation.versus import KIND, evaluate_versus, parent_of, win_rate
 from studio.ui.chat_tab import export_markdown
+from studio.ui.guide import guide
 
 SAMPLE = SAMPLES / "support_faq_golden.csv"
 GUIDE = """### Is the tuned model better than before, on your questions?
@@ -93,8 +94,26 @@ def results_frame(ev: Evaluation) -> pd.DataFrame:
     } for i in ev.results()])
 
 
+# the "all runs on this golden set" table at laptop width: short headers, numbers rounded, one line per run
+COMPARE_COLUMNS = {  # compare()'s key -> header
+    "evaluation": "evaluation", "run": "run", "date": "date", "against": "against", "questions": "n",
+    "tuned token_f1": "F1 tuned", "base token_f1": "F1 base", "tuned rouge_l": "ROUGE-L tuned",
+    "base rouge_l": "ROUGE-L base", "tuned exact_match": "exact tuned", "tuned loss": "loss tuned",
+    "base loss": "loss base", "A/B votes for tuned": "A/B tuned",
+}
+COMPARE_WIDTHS = ["15%", "17%", "10%", "9%", "4%", "6%", "6%", "7%", "7%", "6%", "5%", "5%", "3%"]
+RESULT_WIDTHS = ["17%", "17%", "20%", "6%", "20%", "6%", "8%", "6%"]
+NUMBER = "{:.3f}"
+
+
+def _rounded(value) -> str:
+    return "" if value is None else NUMBER.format(value) if isinstance(value, float) else str(value)
+
+
 def compare_frame(ws: Workspace, ev: Evaluation) -> pd.DataFrame:
-    return pd.DataFrame(compare(ws, ev.golden_hash))
+    rows = [{header: (row.get(key) or "")[:16].replace("T", " ") if key == "date" else _rounded(row.get(key))
+             for key, header in COMPARE_COLUMNS.items()} for row in compare(ws, ev.golden_hash)]
+    return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS.values()))
 
 
 def _pair_view(pairs: list[dict], index: int, ev: Evaluation | None = None) -> tuple[str, str, str, str]:
@@ -111,25 +130,27 @@ def _pair_view(pairs: list[dict], index: int, ev: Evaluation | None = None) -> t
 
 
 def build(ws: Workspace) -> None:
-    gr.Markdown(GUIDE)
+    guide(GUIDE)
     with gr.Row():
         run = gr.Dropdown(label="Run", choices=finished_runs(ws), value=None, scale=3,
                           info="The training run whose tuned model is compared with its base model.")
+        source = gr.Radio([GOLDEN, HELD_OUT], value=GOLDEN, label="Questions", scale=3,
+                          info="Your own questions with the answers you expect, or rows of your data the run never "
+                               "saw.")
         refresh = gr.Button("Refresh", size="sm", scale=0)
-    source = gr.Radio([GOLDEN, HELD_OUT], value=GOLDEN, label="Questions",
-                      info="Your own questions with the answers you expect, or rows of your data the run never saw.")
     with gr.Row():
         upload = gr.File(label="Upload a golden set", file_types=[".csv", ".jsonl"], type="filepath",
-                         elem_id="eval-upload")
-        sample = gr.Button("Use the sample golden set", size="sm")
+                         elem_id="eval-upload", height=110, scale=3)
+        sample = gr.Button("Use the sample golden set", size="sm", scale=1)
     table = gr.Dataframe(headers=["question", "reference answer"], column_count=(2, "fixed"), row_count=4,
                          interactive=True, wrap=True, label="Golden set — type or paste your questions and answers",
-                         elem_id="eval-golden")
-    with gr.Row():
-        max_new = gr.Slider(8, 1024, value=128, step=8, label="Max new tokens",
-                            info="The longest answer each model may give (about 3/4 of a word per token).")
-        heldout_rows = gr.Slider(1, 500, value=50, step=1, label="Held-out rows for the loss",
-                                 info="How many held-out rows to measure loss and perplexity on (more = slower).")
+                         elem_id="eval-golden", max_height=210)
+    with gr.Accordion("Answer length and held-out rows", open=False):
+        with gr.Row():
+            max_new = gr.Slider(8, 1024, value=128, step=8, label="Max new tokens",
+                                info="The longest answer each model may give (about 3/4 of a word per token).")
+            heldout_rows = gr.Slider(1, 500, value=50, step=1, label="Held-out rows for the loss",
+                                     info="How many held-out rows to measure loss and perplexity on (more = slower).")
     with gr.Row():
         go = gr.Button("Evaluate", variant="primary", scale=2)
         against = gr.Dropdown(label="Did it help? Compare with run", choices=finished_runs(ws), value=None, scale=2,
@@ -137,8 +158,13 @@ def build(ws: Workspace) -> None:
                                    "set; then vote blind between their answers below.")
         versus = gr.Button("Compare with the earlier run", scale=1)
     summary = gr.Markdown(elem_id="eval-summary")
-    results = gr.Dataframe(label="Every question: both answers and their scores", wrap=True, interactive=False)
-    compared = gr.Dataframe(label="All runs evaluated on this same golden set", wrap=True, interactive=False)
+    # long answers are cut at 120 characters (click a cell for all of it); the tables scroll inside themselves
+    results = gr.Dataframe(label="Every question: both answers and their scores (click a cell for its full text)",
+                           wrap=True, interactive=False, max_chars=120, column_widths=RESULT_WIDTHS, max_height=420,
+                           elem_classes="studio-numbers", elem_id="eval-results")
+    compared = gr.Dataframe(label="All runs evaluated on this same golden set", wrap=True, interactive=False,
+                            column_widths=COMPARE_WIDTHS, max_height=300, elem_classes="studio-numbers",
+                            elem_id="eval-compared")
     with gr.Accordion("Earlier evaluations", open=False):
         past = gr.Dropdown(label="Evaluation", choices=evaluations(ws), info="Open an earlier evaluation.")
     with gr.Accordion("Blind A/B: which answer is better?", open=False):

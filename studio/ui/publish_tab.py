@@ -18,6 +18,7 @@ from studio.publishing import deployments, pipeline
 from studio.publishing.source import publishable_runs
 from studio.publishing.targets import target_classes
 from studio.publishing.verify import CAUSE_TEXT
+from studio.ui.guide import guide
 
 GUIDE = """### Publish a tuned model
 1. Choose a **finished run** and **where** it should answer: this machine (the default, no Docker needed),
@@ -118,8 +119,8 @@ def verification_markdown(dep: deployments.Deployment) -> str:
             why = CAUSE_TEXT.get(item.get("cause") or "", "") if not item["match"] or item.get("cause") else ""
             cell = (item.get("diff") or item["endpoint"]) if not item["match"] else item["endpoint"]
             drift = item.get("drift") or {}
-            moved = ("none" if drift.get("first_difference") is None else
-                     f"{drift['agreement']:.0%} the same; differs from token {drift['first_difference']}") if drift else ""
+            moved = ("none" if drift.get("first_difference") is None else f"{drift['agreement']:.0%} the same; "
+                     f"differs from token {drift['first_difference']}") if drift else ""
             lines.append(f"| {'=' if item['match'] else '≠'} | {_cell(item['prompt'])} | "
                          f"{_cell(item['studio'])} ({item['studio_finish']}) | {_cell(cell)} "
                          f"({item['endpoint_finish']}) | {_cell(why)} | {moved} |")
@@ -153,6 +154,11 @@ def result_markdown(dep: deployments.Deployment) -> str:
         lines += ["", "Docker cannot run here: start it on a machine with Docker with the command below (or the "
                   f"compose file `{details.get('compose_file')}`), then press **Re-verify**.", "```",
                   details.get("command_text", ""), "```"]
+    from studio.publishing.mlflow_registry import describe
+
+    tracked = describe(dep.options.get("mlflow"))  # the MLflow model version, or why there is none
+    if tracked:
+        lines += ["", tracked.strip()]
     return "\n".join(lines) + "\n\n" + verification_markdown(dep)
 
 
@@ -164,21 +170,21 @@ def deployments_frame(ws: Workspace) -> pd.DataFrame:
 
 
 def build(ws: Workspace) -> None:
-    gr.Markdown(GUIDE)
+    guide(GUIDE)
     classes = target_classes()
     with gr.Row():
-        run = gr.Dropdown(label="Finished run", choices=publishable_runs(ws), scale=3,
+        run = gr.Dropdown(label="Finished run", choices=publishable_runs(ws), scale=2,
                           info="Only runs that finished training can be published.")
         refresh_runs = gr.Button("↻ Runs", size="sm", scale=0)
-    target = gr.Radio(label="Where", choices=[(cls.label, kind) for kind, cls in classes.items()], value="local",
-                      info="This machine needs nothing else; the others are described as you pick them.")
+        target = gr.Radio(label="Where", choices=[(cls.label, kind) for kind, cls in classes.items()], value="local",
+                          scale=3, info="This machine needs nothing else; the others are described as you pick them.")
     target_help = gr.Markdown(classes["local"].help)
     names: list[str] = []
     widgets: list[gr.components.Component] = []
     owners: list[str] = []
     groups = {}
     for kind, cls in classes.items():
-        with gr.Group(visible=kind == "local") as group:
+        with gr.Group(visible=kind == "local") as group, gr.Row():  # side by side: the Publish button stays up
             for name in SHOWN[kind]:
                 widgets.append(_field_component(name, cls.Options.model_fields[name]))
                 names.append(name)

@@ -16,6 +16,7 @@ from studio.core.workspace import Workspace
 from studio.training import runs, scheduler, submit, summary
 from studio.training.folder import TERMINAL_STATES
 from studio.training.lineage import lineage_text
+from studio.ui import compare_view
 
 POLL_S = 2.0
 STATUS_COLOURS = {"queued": "#8a8f98", "running": "#4f46e5", "succeeded": "#15803d", "failed": "#b91c1c",
@@ -63,9 +64,9 @@ def progress_html(run: runs.Run, last: dict) -> str:
     return (
         f'<div class="run-progress"><div style="display:flex;justify-content:space-between;font-size:0.9em">'
         f'<b style="color:{colour}">{html.escape(words)}</b><span>{share:.0%}</span></div>'
-        f'<div style="background:#e5e7eb;border-radius:6px;height:14px;overflow:hidden">'
+        f'<div style="background:var(--border-color-primary);border-radius:6px;height:14px;overflow:hidden">'
         f'<div style="width:{share * 100:.1f}%;background:{colour};height:14px"></div></div>'
-        f'<div style="font-size:0.85em;color:#555;margin-top:4px">{detail}</div></div>'
+        f'<div style="font-size:0.85em;color:var(--body-text-color-subdued);margin-top:4px">{detail}</div></div>'
     )
 
 
@@ -112,7 +113,23 @@ def status_markdown(ws: Workspace, run: runs.Run, curves: dict) -> str:
         lines.append(f"Adapter ready: `{run.folder.adapter}` — chat with it in the Chat tab.")
     elif run.status == "cancelled" and run.folder.has_adapter():
         lines.append("The adapter learnt so far is saved; **Resume** continues from the last checkpoint.")
+    lines += tracking_lines(manifest)
     return "\n\n".join(lines)
+
+
+def tracking_lines(manifest: dict) -> list[str]:
+    """Where the run is in MLflow (training/reporting.py), with a link for an http tracking server."""
+    from studio.training.tracking import run_link
+
+    entry = (manifest.get("tracking") or {}).get("mlflow")
+    if not entry:
+        return []
+    if not entry.get("run_id"):
+        return [f"MLflow: `{entry['uri']}` — no MLflow run yet (it starts with the run; a failure is a notice above)."]
+    link = run_link(entry)
+    if link:
+        return [f"MLflow: run [`{entry['run_id']}`]({link})"]
+    return [f"MLflow: run `{entry['run_id']}` at `{entry['uri']}`"]
 
 
 def run_view(ws: Workspace, run_id: str | None):
@@ -247,7 +264,7 @@ def run_page(prefix: str = "run"):
     return status, progress, loss, lr, log, config, manifest
 
 
-def build(ws: Workspace) -> None:
+def build(ws: Workspace) -> gr.Dropdown:
     gr.Markdown(
         "Every fine-tune of this workspace. Runs go on in the background: close the page, come back later, "
         "or follow one from a terminal with `studio runs show ID --follow`. Runs wait in a queue and start "
@@ -298,3 +315,5 @@ def build(ws: Workspace) -> None:
     chosen.attach_load_event(lambda: gr.Dropdown(choices=run_choices(ws), value=default_run(ws)), None)
     chosen.focus(lambda: gr.Dropdown(choices=run_choices(ws)), None, chosen, show_progress="hidden",
                  api_visibility="private")
+    compare_view.build(ws, chosen)  # the chosen run's lineage; two or more runs side by side
+    return chosen  # the status strip picks a run here when one of its items is clicked

@@ -170,6 +170,61 @@ def build_accounts(ws: Workspace) -> None:
     events.attach_load_event(lambda: _admin_view(ws)[2], None)
 
 
+def cluster_state(ws: Workspace) -> tuple[str, str]:
+    """(the address in the field, where runs train now) for the Ray cluster section."""
+    from studio.training.cluster import configured
+
+    address, source = configured(ws)
+    where = (f"Runs go to the Ray cluster at {address} (from {source})." if address else
+             "No Ray cluster is set: runs train on this machine.")
+    return address or "", where
+
+
+def check_cluster(address: str) -> str:
+    from studio.core.errors import StudioError
+    from studio.training.cluster import check, describe
+
+    try:
+        facts = check(address)
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    rows = ["| Node | Head | CPUs | GPUs |", "|---|---|---|---|"]
+    rows += [f"| {n['ip']} | {'yes' if n['head'] else ''} | {n['cpus']:g} | {n['gpus']:g} |" for n in facts["nodes"]]
+    return describe(facts) + "\n\n" + "\n".join(rows)
+
+
+def save_cluster(ws: Workspace, address: str | None) -> tuple[str, str]:
+    from studio.core.errors import StudioError
+    from studio.training.cluster import set_address
+
+    try:
+        set_address(ws, address)
+    except StudioError as exc:
+        raise gr.Error(str(exc)) from exc
+    return cluster_state(ws)
+
+
+def build_cluster(ws: Workspace) -> None:
+    gr.Markdown("### Ray cluster\nSend training runs to a Ray cluster instead of this machine: each run becomes a "
+                "Ray job on a node with a GPU; its progress and adapter come back here, so Runs, Chat and Publish "
+                "work as for a local run (docs/scale.md). The address is the cluster's dashboard, "
+                "e.g. http://10.0.0.5:8265 (`studio cluster set|check|clear`; or STUDIO_RAY_ADDRESS).")
+    where = gr.Markdown(elem_id="system-cluster-where")
+    with gr.Row():
+        address = gr.Textbox(label="Ray cluster address (dashboard)", placeholder="http://HOST:8265", scale=3,
+                             elem_id="system-cluster-address",
+                             info="The Ray dashboard's address (port 8265): runs go there as Ray jobs once saved.")
+        check_btn = gr.Button("Check", size="sm", scale=0)
+        save_btn = gr.Button("Use for runs", size="sm", scale=0, variant="primary")
+        clear_btn = gr.Button("Train here", size="sm", scale=0)
+    facts = gr.Markdown(elem_id="system-cluster-facts")
+    check_btn.click(check_cluster, [address], [facts], api_name="cluster_check")
+    save_btn.click(lambda a: save_cluster(ws, a), [address], [address, where], api_name="cluster_set")
+    clear_btn.click(lambda: save_cluster(ws, None), None, [address, where], api_name="cluster_clear")
+    address.attach_load_event(lambda: cluster_state(ws)[0], None)
+    where.attach_load_event(lambda: cluster_state(ws)[1], None)
+
+
 def build(ws: Workspace) -> None:
     gr.Markdown("What this machine offers for training and serving. The same facts: `studio doctor`.")
     facts_md = gr.Markdown(elem_id="system-facts")
@@ -190,4 +245,8 @@ def build(ws: Workspace) -> None:
 
     install_btn.click(install_vllm, outputs=[install_log, engines_md], api_name="install_engine")
 
+    build_cluster(ws)
+    from studio.ui.tracking_view import build_tracking
+
+    build_tracking(ws)
     build_accounts(ws)

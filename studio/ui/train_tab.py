@@ -11,13 +11,15 @@ from typing import Any
 import gradio as gr
 
 from studio.core.errors import InvalidInput, StudioError
+from studio.core.system import gpus
 from studio.core.workspace import Workspace
 from studio.data.store import list_versions
 from studio.models.catalog import DEMO_MODEL, catalog, catalog_entry
-from studio.training import runs, submit
+from studio.training import runs, scheduler, submit
 from studio.training.config import PRESET_FIELDS, TrainConfig, field_help
 from studio.training.fitcheck import FitEstimate, duration
 from studio.training.presets import DEFAULT_PRESET, build_config, load_preset, preset_names
+from studio.ui.guide import guide
 from studio.ui.runs_tab import POLL_S, default_run, poll_view, run_page
 
 GUIDE = """### Fine-tune a model on your data
@@ -121,20 +123,24 @@ def overrides_of(preset: str, values: list[Any]) -> dict[str, Any]:
     return changed
 
 
-def _config(dataset: str | None, model: str, preset: str, values: list[Any]) -> tuple[TrainConfig, dict]:
+def _config(dataset: str | None, model: str, preset: str, values: list[Any],
+            processes: Any = 1) -> tuple[TrainConfig, dict]:
     if not dataset:
         raise InvalidInput("No dataset version is chosen.", "Save one in the Data tab, then pick it here.")
     overrides = overrides_of(preset, values)
+    if processes and int(processes) > 1:  # several GPUs (the control shows only where there are)
+        overrides["processes"] = int(processes)
     return build_config((model or "").strip(), dataset, preset, overrides), overrides
 
 
 # --- handlers ------------------------------------------------------------------------------------------
 
 
-def check_fit(ws: Workspace, dataset: str | None, model: str, preset: str, *values: Any) -> tuple[str, dict]:
+def check_fit(ws: Workspace, dataset: str | None, model: str, preset: str, *values: Any,
+              processes: Any = 1) -> tuple[str, dict]:
     """The fit check as Markdown, and the change that fits (empty when it fits)."""
     try:
-        cfg, _ = _config(dataset, model, preset, list(values))
+        cfg, _ = _config(dataset, model, preset, list(values), processes)
         plan = submit.plan(ws, cfg)
     except StudioError as exc:
         _fail(exc)
@@ -148,6 +154,8 @@ def check_fit(ws: Workspace, dataset: str | None, model: str, preset: str, *valu
                  if estimate.steps else "Time: unknown until the dataset's size is known.")
     text = (f"{icon} **{verdict}**\n\n| part of the peak memory | estimate |\n|---|---|\n{rows}\n"
             f"| **peak** | **{estimate.peak_bytes / 1024**3:.2f} GB** |\n\n{time_line}")
+    if estimate.strategy_reason:
+        text += f"\n\n{estimate.strategy_reason} The memory above is per GPU."
     if estimate.suggestion:
         text += f"\n\n**{estimate.suggestion}**" + (" Press *Apply the change that fits*." if estimate.changes else "")
     if estimate.notice:
@@ -163,9 +171,9 @@ def apply_changes(changes: dict, *values: Any) -> list[Any]:
 
 
 def show_command(dataset: str | None, model: str, preset: str, name: str, *values: Any,
-                 from_run: str | None = None) -> str:
+                 from_run: str | None = None, processes: Any = 1) -> str:
     try:
-        cfg, overrides = _config(dataset, model, preset, list(values))
+        cfg, overrides = _config(dataset, model, preset, list(values), processes)
     except StudioError as exc:
         _fail(exc)
     return submit.command_line(cfg.base_model, cfg.dataset_id, preset, overrides, (name or "").strip() or None,
@@ -180,14 +188,15 @@ def parent_choices(ws: Workspace) -> list[tuple[str, str]]:
 
 
 def start(ws: Workspace, dataset: str | None, model: str, preset: str, name: str, force: bool,
-          *values: Any, from_run: str | None = None) -> tuple[str, str]:
+          *values: Any, from_run: str | None = None, processes: Any = 1) -> tuple[str, str]:
     """Freeze the settings into a new run and queue it; the background scheduler starts it."""
     try:
-        cfg, overrides = _config(dataset, model, preset, list(values))
+        cfg, overrides = _config(dataset, model, preset, list(values), processes)
         run = submit.submit(ws, cfg, preset=preset, overrides=overrides, name=(name or "").strip() or None,
                             force=bool(force), from_run=from_run or None)
     except StudioError as exc:
         _fail(exc)
+    scheduler.nudge()  # the background scheduler starts it now, not at its next pass (up to 2 s later)
     ahead = len(runs.queue(ws)) - 1 + len(runs.list_runs(ws, "running"))
     when = "It starts in a moment." if ahead == 0 else f"It starts after the {ahead} run(s) before it."
     notice = f"\n\n> ℹ️ {run.notice}" if run.notice else ""
@@ -198,11 +207,13 @@ def start(ws: Workspace, dataset: str | None, model: str, preset: str, name: str
 
 
 def build(ws: Workspace) -> None:
-    gr.Markdown(GUIDE)
+    guide(GUIDE)
     with gr.Row():
         dataset = gr.Dropdown(label="Dataset version", choices=dataset_choices(ws), scale=3,
                               info="The checked, saved data to learn from (Data tab).")
         refresh = gr.Button("Refresh list", size="sm", scale=0)
+        name = gr.Textbox(label="Run name (optional)", scale=2,
+                          info="To recognise the run later, e.g. 'support answers v2'.")
     with gr.Row():
         with gr.Column(scale=3):
             model = gr.Dropdown(label="Base model", choices=model_choices(), value=DEMO_MODEL, allow_custom_value=True,
@@ -213,12 +224,14 @@ def build(ws: Workspace) -> None:
             preset = gr.Dropdown(label="Preset", choices=preset_names(), value=DEFAULT_PRESET,
                                  info="A tested set of settings; the settings below show its values.")
             about_preset = gr.Markdown(preset_text(DEFAULT_PRESET))
-    with gr.Row():
-        name = gr.Textbox(label="Run name (optional)", info="To recognise the run later, e.g. 'support answers v2'.")
-        from_run = gr.Dropdown(label="Continue from run (optional)", choices=parent_choices(ws), value="",
-                               info="Start from an earlier run's adapter instead of a fresh one: SFT first, then "
-                                    "DPO/KTO on your feedback from it. The method is in the settings (objective) "
-                                    "and the dpo, orpo and kto presets.")
+        with gr.Column(scale=2):
+            from_run = gr.Dropdown(label="Continue from run (optional)", choices=parent_choices(ws), value="",
+                                   info="Start from an earlier run's adapter instead of a fresh one: SFT first, "
+                                        "then DPO/KTO on your feedback from it. The method is in the settings "
+                                        "(objective) and the dpo, orpo and kto presets.")
+        gpu_count = len(gpus())
+        processes = gr.Number(value=1, precision=0, minimum=1, maximum=max(gpu_count, 1), label="GPUs (processes)",
+                              info=field_help("processes"), visible=gpu_count > 1, elem_id="train-processes")
     with gr.Accordion("Settings (the preset's values; change any of them)", open=False):
         initial = load_preset(DEFAULT_PRESET).values()
         controls = []
@@ -248,13 +261,14 @@ def build(ws: Workspace) -> None:
     model.change(model_info, model, about_model)
     preset.change(lambda p: (preset_text(p), *preset_values(p)), preset, [about_preset, *controls],
                   api_name="train_preset")
-    fit.click(lambda d, m, p, *v: check_fit(ws, d, m, p, *v), [dataset, model, preset, *controls],
-              [fit_text, changes], api_name="train_fit_check")
+    fit.click(lambda d, m, p, pr, *v: check_fit(ws, d, m, p, *v, processes=pr), [dataset, model, preset, processes,
+              *controls], [fit_text, changes], api_name="train_fit_check")
     apply.click(apply_changes, [changes, *controls], controls, api_name="train_apply_change")
-    command.click(lambda d, m, p, n, fr, *v: show_command(d, m, p, n, *v, from_run=fr),
-                  [dataset, model, preset, name, from_run, *controls], cli, api_name="train_command")
-    go.click(lambda d, m, p, n, f, fr, *v: start(ws, d, m, p, n, f, *v, from_run=fr),
-             [dataset, model, preset, name, force, from_run, *controls], [started, current], api_name="train_start")
+    command.click(lambda d, m, p, n, fr, pr, *v: show_command(d, m, p, n, *v, from_run=fr, processes=pr),
+                  [dataset, model, preset, name, from_run, processes, *controls], cli, api_name="train_command")
+    go.click(lambda d, m, p, n, f, fr, pr, *v: start(ws, d, m, p, n, f, *v, from_run=fr, processes=pr),
+             [dataset, model, preset, name, force, from_run, processes, *controls], [started, current],
+             api_name="train_start")
     from_run.focus(lambda: gr.Dropdown(choices=parent_choices(ws)), None, from_run, show_progress="hidden",
                    api_visibility="private")
     shown = gr.State(None)  # the finished run whose page this browser already shows

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from studio.core.errors import InvalidInput
+from studio.training.launchers.accelerate import AccelerateLauncher
 from studio.training.launchers.base import Launcher
 from studio.training.launchers.local import LocalLauncher
+from studio.training.launchers.ray import RayLauncher
 
 DEFAULT = "local"
-LAUNCHERS: dict[str, Launcher] = {launcher.name: launcher for launcher in (LocalLauncher(),)}
+LAUNCHERS: dict[str, Launcher] = {
+    launcher.name: launcher for launcher in (LocalLauncher(), AccelerateLauncher(), RayLauncher())
+}
 
 
 def get(name: str | None) -> Launcher:

@@ -20,6 +20,8 @@ The contract, for every launcher:
 - `kill(attempt, grace)` stops it now (the scheduler calls it when a cancelled attempt has not stopped
   `grace` seconds after cancel: a hung process must not hold a GPU forever).
 - `ending(attempt)` says how an attempt that no longer runs ended (exit code, signal, killed by `kill`).
+- `failure(attempt)` (optional) gives the reason of a failed attempt when the launcher knows it better than
+  the run folder does: "rank 1 of 2 died" for a group whose rank 0 only saw its peer vanish.
 
 What a launcher may write: the run's folder only (train.log, exit.json; a remote launcher the files it
 copies back). Never the registry: the queue records the Handle and every status change itself.
@@ -29,11 +31,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 from studio.core.procs import Ending
 from studio.training.folder import RunFolder
 
 CPU_SLOT = -1  # the slot of the CPU, when the machine has no CUDA GPU
+CLUSTER_SLOT = -2  # runs of a remote launcher (Ray): they hold no device here, the cluster queues them
 
 
 @dataclass(frozen=True)
@@ -54,10 +58,17 @@ class Attempt:
     slot: int  # a CUDA device index, or CPU_SLOT
     number: int  # 1 for the first start, 2 after the first resume, ...
     handle: Handle = Handle()
+    devices: tuple[int, ...] = ()  # every GPU a run of several processes holds (slot is the first); () = slot
 
 
 class Launcher(ABC):
     name: str
+    remote = False  # True: the run trains elsewhere (a cluster) and takes CLUSTER_SLOT, not a device here
+
+    def prepare(self, ws: Any, options: dict[str, Any]) -> dict[str, Any]:
+        """At submit, before the run is queued: refuse what cannot start (a Ray cluster that does not answer)
+        and return what the run's manifest records under "launch" (e.g. the cluster's address)."""
+        return {}
 
     @abstractmethod
     def start(self, attempt: Attempt) -> Handle: ...
@@ -73,3 +84,8 @@ class Launcher(ABC):
 
     @abstractmethod
     def ending(self, attempt: Attempt) -> Ending: ...
+
+    def failure(self, attempt: Attempt) -> str | None:
+        """Why an attempt that no longer runs failed, when the launcher knows better than the training
+        process did (a rank of a group died and took the others down). None: let the run folder say."""
+        return None

@@ -30,12 +30,17 @@ class LocalLauncher(Launcher):
     def argv(self, attempt: Attempt) -> list[str]:
         return training_argv(attempt.folder.path)
 
-    def start(self, attempt: Attempt) -> Handle:
-        folder = attempt.folder
+    def environment(self, attempt: Attempt) -> dict[str, str]:
+        """What the process gets on top of the studio's environment."""
         env = {"TOKENIZERS_PARALLELISM": "false",
                "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")}
         if attempt.slot != CPU_SLOT:
             env["CUDA_VISIBLE_DEVICES"] = str(attempt.slot)
+        return env
+
+    def start(self, attempt: Attempt) -> Handle:
+        folder = attempt.folder
+        env = self.environment(attempt)
         # a fresh status: the previous attempt's (cancelled, failed) must not be read as this one's
         folder.status.unlink(missing_ok=True)
         with folder.log.open("ab") as log:
