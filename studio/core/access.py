@@ -15,10 +15,10 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import getpass
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from studio.core import settings
 from studio.core.errors import StudioError
 
 ROLES = ("admin", "expert", "viewer")
@@ -122,16 +122,9 @@ def require(ws, action: str, *, target: str | None = None) -> Actor:
     return actor
 
 
-
-
 def expert_targets(ws) -> list[str]:
     """The publish targets an admin allowed experts to use."""
-    with ws.db() as db:
-        if "settings" in db.table_names():
-            rows = list(db["settings"].rows_where("key = ?", [EXPERT_TARGETS_KEY]))
-            if rows:
-                return json.loads(rows[0]["value_json"])
-    return list(DEFAULT_EXPERT_TARGETS)
+    return settings.read(ws, EXPERT_TARGETS_KEY, list(DEFAULT_EXPERT_TARGETS))
 
 
 def is_loopback(host: str) -> bool:

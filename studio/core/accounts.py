@@ -1,12 +1,14 @@
 """Accounts: users with a role, their passwords as argon2id hashes (argon2-cffi), and the settings an
-admin controls. Who is acting and what each role may do is in access.py."""
+admin controls (`change_setting`: every studio-wide setting changes through it, checked and audited; they are
+stored by settings.py). Who is acting and what each role may do is in access.py."""
 
 from __future__ import annotations
 
-import json
 import re
+from collections.abc import Callable
+from typing import Any
 
-from studio.core import audit
+from studio.core import audit, settings
 from studio.core.access import EXPERT_TARGETS_KEY, ROLES, Actor, acting_as, current, require
 from studio.core.db import now
 from studio.core.errors import Conflict, InvalidInput, NotFound
@@ -136,16 +138,27 @@ def _public(row: dict) -> dict:
 
 # --- settings an admin controls ----------------------------------------------------------------------
 
-def allow_targets(ws, targets: list[str], known: list[str]) -> list[str]:
+def change_setting(ws, key: str, value: Any, *, action: str | None = None,
+                   check: Callable[[Any], object] | None = None, **detail) -> Any:
+    """Store a studio-wide setting (None clears it): admins only; `check(value)` first, so a value that does not
+    work is refused, not stored; audited as `action` (settings.KEY by default) with `detail`."""
     require(ws, "settings.change")
-    unknown = [t for t in targets if t not in known]
-    if unknown:
-        raise InvalidInput(f"Unknown publish target(s): {', '.join(unknown)}.", f"Known targets: {', '.join(known)}.")
-    with ws.db() as db:
-        db["settings"].upsert({"key": EXPERT_TARGETS_KEY, "value_json": json.dumps(targets), "updated_at": now()},
-                              pk="key")
-    _audit(ws, "settings.expert_targets", "", targets=targets)
-    return targets
+    if value is not None and check is not None:
+        check(value)
+    settings.write(ws, key, value)
+    _audit(ws, action or f"settings.{key}", "", **detail)
+    return value
+
+
+def allow_targets(ws, targets: list[str], known: list[str]) -> list[str]:
+    def known_only(chosen: list[str]) -> None:
+        unknown = [t for t in chosen if t not in known]
+        if unknown:
+            raise InvalidInput(f"Unknown publish target(s): {', '.join(unknown)}.",
+                               f"Known targets: {', '.join(known)}.")
+
+    return change_setting(ws, EXPERT_TARGETS_KEY, targets, action="settings.expert_targets", check=known_only,
+                          targets=targets)
 
 
 def _audit(ws, action: str, target: str, **detail) -> None:

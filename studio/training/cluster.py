@@ -7,13 +7,11 @@ talks to. The address is the cluster's dashboard, e.g. http://10.0.0.5:8265 (Ray
 
 from __future__ import annotations
 
-import json
 import socket
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from studio.core import access, audit
-from studio.core.db import now
+from studio.core import accounts, settings
 from studio.core.errors import InvalidInput, ResourceError
 
 if TYPE_CHECKING:
@@ -54,35 +52,20 @@ def normalize(address: str) -> str:
 
 def stored(ws: Workspace) -> str | None:
     """The address set in the System tab (None when none is)."""
-    with ws.db() as db:
-        if "settings" not in db.table_names():
-            return None
-        rows = list(db["settings"].rows_where("key = ?", [SETTING]))
-    return json.loads(rows[0]["value_json"]) or None if rows else None
+    return settings.read(ws, SETTING) or None
 
 
 def configured(ws: Workspace) -> tuple[str | None, str]:
     """(the address runs go to by default, where it comes from): the System tab's setting, else
     STUDIO_RAY_ADDRESS; (None, "") when neither is set, and runs train on this machine."""
-    import os
-
-    address = stored(ws)
-    if address:
-        return address, "the studio's settings: System tab or `studio cluster set`"
-    address = os.environ.get(ENV, "").strip()
-    return (normalize(address), ENV) if address else (None, "")
+    return settings.configured(ws, SETTING, ENV, normalize=normalize,
+                               where="the studio's settings: System tab or `studio cluster set`")
 
 
 def set_address(ws: Workspace, address: str | None) -> str | None:
     """Store the address runs go to (checked first: an unreachable one is refused); "" or None clears it."""
-    access.require(ws, "settings.change")
     value = normalize(address) if (address or "").strip() else None
-    if value:
-        check(value)
-    with ws.db() as db:
-        db["settings"].upsert({"key": SETTING, "value_json": json.dumps(value), "updated_at": now()}, pk="key")
-    audit.record(ws, "settings.ray_address", "", address=value)
-    return value
+    return accounts.change_setting(ws, SETTING, value, check=check, address=value)
 
 
 def _require_ray():

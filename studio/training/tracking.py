@@ -8,14 +8,12 @@ publishing/mlflow_registry.py. `mlflow` is an optional extra (`pip install llmop
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from studio.core import access, audit
-from studio.core.db import now
+from studio.core import accounts, settings
 from studio.core.errors import InvalidInput, ResourceError
 from studio.training.reporting import EXPERIMENT, INSTALL, import_mlflow
 
@@ -54,21 +52,14 @@ def normalize(uri: str) -> str:
 
 def stored(ws: Workspace) -> str | None:
     """The URI set in the System tab (None when none is)."""
-    with ws.db() as db:
-        if "settings" not in db.table_names():
-            return None
-        rows = list(db["settings"].rows_where("key = ?", [SETTING]))
-    return (json.loads(rows[0]["value_json"]) or None) if rows else None
+    return settings.read(ws, SETTING) or None
 
 
 def configured(ws: Workspace) -> tuple[str | None, str]:
     """(the URI runs and publishes log to, where it comes from): the System tab's setting, else
     MLFLOW_TRACKING_URI; (None, "") when neither is set, and nothing goes to MLflow."""
-    uri = stored(ws)
-    if uri:
-        return uri, "the studio's settings (System tab, `studio tracking set`)"
-    uri = os.environ.get(ENV, "").strip()
-    return (normalize(uri), ENV) if uri else (None, "")
+    return settings.configured(ws, SETTING, ENV, normalize=normalize,
+                               where="the studio's settings (System tab, `studio tracking set`)")
 
 
 def experiment_name() -> str:
@@ -83,14 +74,8 @@ def manifest_entry(ws: Workspace) -> dict[str, Any] | None:
 
 def set_uri(ws: Workspace, uri: str | None) -> str | None:
     """Store the tracking URI runs log to (checked first: one that does not answer is refused); "" clears it."""
-    access.require(ws, "settings.change")
     value = normalize(uri) if (uri or "").strip() else None
-    if value:
-        check(value)
-    with ws.db() as db:
-        db["settings"].upsert({"key": SETTING, "value_json": json.dumps(value), "updated_at": now()}, pk="key")
-    audit.record(ws, "settings.mlflow_tracking_uri", "", uri=value)
-    return value
+    return accounts.change_setting(ws, SETTING, value, check=check, uri=value)
 
 
 def reachable(uri: str) -> str | None:
