@@ -12,8 +12,8 @@ import pytest
 
 from studio.cli import main
 from studio.core.errors import InvalidInput, NotFound
-from studio.evaluation.compare import compare
 from studio.evaluation.runner import list_evaluations
+from studio.publishing.compare import compare
 from studio.publishing.lineage import lineage, lineage_markdown
 
 

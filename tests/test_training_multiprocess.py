@@ -122,7 +122,8 @@ def test_two_cpu_processes_train_like_one_with_the_same_global_batch_and_stop_to
     finished = runs.get_run(ws, run.id)
     manifest = finished.folder.read_manifest()
     assert manifest["distributed"]["processes"] == 2 and manifest["distributed"]["strategy"] == "ddp"
-    assert "DDP over 2 CPU processes" in manifest["distributed"]["reason"]
+    assert "each holds a full copy of the model" in manifest["distributed"]["reason"]
+    assert "(DDP over 2 CPU processes, gloo)" in manifest["distributed"]["reason"]
     assert "--num_processes" in accelerate_launcher.AccelerateLauncher().argv(finished.attempt())
     assert (finished.folder.path / "accelerate.yaml").exists()
 
@@ -176,12 +177,15 @@ def test_the_fit_check_chooses_ddp_when_one_gpu_holds_the_run_else_fsdp():
     alone = estimate(shape, cfg, stats, gpu(80))
     ddp = spread(alone, cfg, shape, gpu(80))
     assert ddp.strategy == "ddp" and ddp.fits and ddp.peak_bytes == alone.peak_bytes
-    assert "DDP over 2 GPUs" in ddp.strategy_reason and ddp.strategy_reason in ddp.summary()
+    assert ddp.strategy_reason.startswith("2 GPUs: each GPU holds a full copy of the model and trains on its share")
+    assert "(DDP over 2 GPUs)" in ddp.strategy_reason and ddp.strategy_reason in ddp.summary()
     assert ddp.steps == -(-alone.steps // 2)
 
     small = alone.peak_bytes / 1024**3 * 0.9  # a GPU that cannot hold the whole run
     tight = spread(estimate(shape, cfg, stats, gpu(small)), cfg, shape, gpu(small))
-    assert tight.strategy == "fsdp" and "FSDP over 2 GPUs" in tight.strategy_reason
+    assert tight.strategy == "fsdp" and tight.strategy_reason.startswith(
+        "2 GPUs: the model is split across the GPUs because it does not fit one")
+    assert "(FSDP over 2 GPUs" in tight.strategy_reason
     assert "4-bit weights stored in the compute dtype" in tight.strategy_reason
     assert tight.peak_bytes < alone.peak_bytes and tight.fits and not tight.changes
 
@@ -193,7 +197,8 @@ def test_studio_train_processes_shows_the_strategy_and_refuses_more_than_the_mac
     base = ["--home", str(ws.home), "train", "--data", data.id, "--model", "demo-tiny", "--preset", "quick-test"]
     assert main([*base, "--processes", "2", "--dry-run"]) in (0, None)
     shown = capsys.readouterr().out
-    assert "processes: 2" in shown and "Strategy: DDP over 2 CPU processes (gloo)" in shown
+    assert "processes: 2" in shown and "2 processes on this computer: each holds a full copy of the model" in shown
+    assert "(DDP over 2 CPU processes, gloo)" in shown
 
     too_many = (os.cpu_count() or 1) + 1
     assert main([*base, "--processes", str(too_many)]) == 2
@@ -218,6 +223,9 @@ def test_the_train_tab_shows_the_processes_control_only_with_several_gpus(ws):
     values = train_tab.preset_values("quick-test")
     line = train_tab.show_command(data.id, "demo-tiny", "quick-test", "", *values, processes=2)
     assert "--processes 2" in line and "processes=" not in line
+    text, _ = train_tab.check_fit(ws, data.id, "demo-tiny", "quick-test", *values, processes=2)
+    assert "2 processes on this computer: each holds a full copy of the model" in text  # plain words first
+    assert "(DDP over 2 CPU processes, gloo). The memory above is for all the processes together." in text
 
 
 def test_the_rank_killed_by_a_signal_is_named_not_the_one_that_saw_it_vanish(tmp_path):

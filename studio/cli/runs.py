@@ -281,7 +281,7 @@ def run_worker(args, ws) -> Output | None:
 
 
 def run_compare(args, ws) -> Output:
-    from studio.evaluation.compare import compare, comparison_text
+    from studio.publishing.compare import compare, comparison_text
 
     found = compare(ws, args.ids)
     return Output(found, comparison_text(found))

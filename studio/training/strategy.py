@@ -6,8 +6,9 @@ optimizer) and trains on its share of each batch; only gradients travel. FSDP wh
 and the adapter's gradients and optimizer state are sharded over the N GPUs (QLoRA's 4-bit weights stored in
 the compute dtype, bnb_4bit_quant_storage, so FSDP can shard them) and each decoder layer is gathered whole
 only while it computes. Activations stay per GPU either way. On the CPU the processes are DDP over gloo and
-each holds the whole model in RAM. The decision goes into the estimate (a line the Train tab and the CLI show)
-and into the run's manifest; the accelerate launcher (launchers/accelerate.py) starts the run that way.
+each holds the whole model in RAM. The decision goes into the estimate (a line the Train tab and the CLI show,
+in plain words first and the technical name after) and into the run's manifest; the accelerate launcher
+(launchers/accelerate.py) starts the run that way.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ def spread(est: FitEstimate, cfg: TrainConfig, shape: Shape, gpu: dict[str, Any]
     if gpu is None:  # CPU: DDP over gloo, n whole copies in RAM
         est.strategy = "ddp"
         est.peak_bytes = one * n
-        est.strategy_reason = (f"Strategy: DDP over {n} CPU processes (gloo); each holds the whole model, "
-                               f"{gb(one)} each, {gb(one * n)} in all.")
+        est.strategy_reason = (f"{n} processes on this computer: each holds a full copy of the model and trains "
+                               f"on its share of the rows, {gb(one)} each, {gb(one * n)} in all (DDP over {n} "
+                               "CPU processes, gloo).")
         return _judge(est, available_bytes, "this computer's memory")
     free = est.free_bytes
     fits_one = free is not None and one <= free * SAFETY_MARGIN
@@ -69,13 +71,14 @@ def spread(est: FitEstimate, cfg: TrainConfig, shape: Shape, gpu: dict[str, Any]
     sharded = int(one - (est.weights_bytes + est.adapter_bytes) * (1 - 1 / n) + FSDP_GATHERED_LAYERS * layer)
     if fits_one or free is None:
         est.strategy = "ddp"
-        est.strategy_reason = (f"Strategy: DDP over {n} GPUs: the whole run ({gb(one)}) fits one GPU, so each GPU "
-                               "holds a copy and trains on its share of every batch.")
+        est.strategy_reason = (f"{n} GPUs: each GPU holds a full copy of the model and trains on its share of the "
+                               f"rows, since the whole run ({gb(one)}) fits one GPU (DDP over {n} GPUs).")
         return est
     est.strategy = "fsdp"
     est.peak_bytes = sharded
-    est.strategy_reason = (f"Strategy: FSDP over {n} GPUs: the run needs {gb(one)}, more than one GPU's "
-                           f"{gb(free)} free, so the model is sharded ({gb(sharded)} per GPU"
+    est.strategy_reason = (f"{n} GPUs: the model is split across the GPUs because it does not fit one (the run "
+                           f"needs {gb(one)}, more than one GPU's {gb(free)} free); split, each GPU needs "
+                           f"{gb(sharded)} (FSDP over {n} GPUs"
                            + (", 4-bit weights stored in the compute dtype" if est.precision == "4bit" else "") + ").")
     est.changes, est.suggestion = {}, ""
     return _judge(est, free, "each GPU")
@@ -98,4 +101,6 @@ def manifest_entry(processes: int, estimate: dict | None) -> dict[str, Any]:
         return {"processes": 1, "strategy": None}
     estimate = estimate or {}
     return {"processes": processes, "strategy": estimate.get("strategy") or "ddp",
-            "reason": estimate.get("strategy_reason") or "Strategy: DDP (no fit check: the model's size is unknown)."}
+            "reason": estimate.get("strategy_reason") or (
+                "Each process holds a full copy of the model and trains on its share of the rows (DDP; no fit "
+                "check: the model's size is unknown).")}

@@ -1,6 +1,6 @@
 """The Runs tab's comparison and lineage: pick two or more runs → their loss curves on one chart, the settings
 that differ, their scores on a shared golden set (a chart and a table), their data and what became of them;
-and the lineage of the run chosen above. One core call each (studio.evaluation.compare,
+and the lineage of the run chosen above. One core call each (studio.publishing.compare,
 studio.publishing.lineage); this module only formats."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pandas as pd
 
 from studio.core.errors import StudioError
 from studio.core.workspace import Workspace
-from studio.evaluation.compare import SCORES, compare
+from studio.publishing.compare import SCORES, compare
 from studio.publishing.lineage import lineage, lineage_markdown
 from studio.training import runs
 

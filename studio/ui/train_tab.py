@@ -155,7 +155,8 @@ def check_fit(ws: Workspace, dataset: str | None, model: str, preset: str, *valu
     text = (f"{icon} **{verdict}**\n\n| part of the peak memory | estimate |\n|---|---|\n{rows}\n"
             f"| **peak** | **{estimate.peak_bytes / 1024**3:.2f} GB** |\n\n{time_line}")
     if estimate.strategy_reason:
-        text += f"\n\n{estimate.strategy_reason} The memory above is per GPU."
+        each = "for all the processes together" if estimate.device == "the CPU" else "per GPU"
+        text += f"\n\n{estimate.strategy_reason} The memory above is {each}."
     if estimate.suggestion:
         text += f"\n\n**{estimate.suggestion}**" + (" Press *Apply the change that fits*." if estimate.changes else "")
     if estimate.notice:

@@ -1,19 +1,25 @@
 """Runs side by side, after the second run: their loss curves on one chart, the settings that differ (from
 the frozen configs), their scores on every golden set all of them were evaluated on, their data (the dataset
 versions and the rows added, removed and changed between them) and what became of them (exports,
-deployments). Read only, for the Runs tab and `studio runs compare`."""
+deployments). It reads every stage, so it sits at the top of the pipeline, beside lineage.py. Read only, for
+the Runs tab and `studio runs compare`."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from studio.core.errors import InvalidInput
+from studio.core.errors import InvalidInput, NotFound
+from studio.data.store import get_version
+from studio.evaluation.runner import list_evaluations
 from studio.evaluation.scores import SCORES
+from studio.publishing.lineage import outcomes
+from studio.training.runs import Run, get_run
+from studio.training.summary import summarize
 
 if TYPE_CHECKING:
     from studio.core.workspace import Workspace
-    from studio.training.runs import Run
 
 METRICS = (*SCORES, "loss", "perplexity")  # per evaluation: the tuned model's scores (loss: its own val split)
 MAX_RUNS = 8  # more lines than one chart (and a person) can tell apart
@@ -21,9 +27,6 @@ MAX_RUNS = 8  # more lines than one chart (and a person) can tell apart
 
 def compare(ws: Workspace, run_ids: list[str]) -> dict[str, Any]:
     """Everything the comparison shows, as data: runs, curves, settings, scores, data, outcomes."""
-    from studio.publishing.lineage import outcomes
-    from studio.training.runs import get_run
-
     ids = list(dict.fromkeys(r.strip() for r in run_ids if r and r.strip()))
     if len(ids) < 2:
         raise InvalidInput(f"Comparing needs two runs or more; got {len(ids)}.",
@@ -53,8 +56,6 @@ def _brief(run: Run) -> dict[str, Any]:
 
 def curves(found: list[Run]) -> list[dict[str, Any]]:
     """One point per logged step: {"run", "curve" ("training loss" | "held-out loss"), "step", "loss"}."""
-    from studio.training.summary import summarize
-
     points = []
     for run in found:
         summary = summarize(run.folder)
@@ -99,8 +100,6 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def shared_scores(ws: Workspace, ids: list[str]) -> dict[str, Any]:
     """Every golden set each run was evaluated on (the same questions: the same hash), newest first, with each
     run's newest evaluation on it; and, when there is none, which sets each run does have."""
-    from studio.evaluation.runner import list_evaluations
-
     per_run = {r: list_evaluations(ws, run_id=r) for r in ids}
     newest: dict[str, dict[str, Any]] = {}  # golden hash -> run -> its newest evaluation on it
     for run_id, evaluations in per_run.items():
@@ -129,9 +128,6 @@ def shared_scores(ws: Workspace, ids: list[str]) -> dict[str, Any]:
 def data_changes(ws: Workspace, found: list[Run]) -> dict[str, Any]:
     """The runs' dataset versions, and from each version to the next one in the order of the runs: the rows
     added, removed and changed (same question, other answer), counted on the distinct rows of both splits."""
-    from studio.core.errors import NotFound
-    from studio.data.store import get_version
-
     versions, order = {}, []
     for run in found:
         if run.dataset_id in versions:
@@ -169,9 +165,7 @@ def row_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 def _rows(path: str) -> dict[str, str]:
     """Each distinct row of a version (train and val) as JSON -> its key: the conversation up to the answer
     (SFT), the prompt (preference, KTO), else the first column."""
-    from pathlib import Path
-
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # a library, not a stage: loaded only when two versions' rows are compared
 
     rows: dict[str, str] = {}
     for split in ("train", "val"):
