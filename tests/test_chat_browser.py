@@ -9,6 +9,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 def test_chat_side_by_side_and_correct_an_answer(trained_run):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     from studio.data.store import list_versions, load_split
@@ -33,7 +34,13 @@ def test_chat_side_by_side_and_correct_an_answer(trained_run):
             corrected.wait_for(timeout=15_000)
             corrected.fill("Choose Forgot password on the sign-in page; the emailed link works for 30 minutes.")
             page.get_by_role("button", name="Save as a training row").click()
-            page.get_by_text("Saved. Dataset version").wait_for(timeout=30_000)
+            saved = page.get_by_text("Saved. Dataset version")
+            try:
+                saved.wait_for(timeout=30_000)
+            except PlaywrightTimeout:
+                said = page.locator(".toast-body").all_inner_texts()
+                pytest.fail(f"no 'Saved. Dataset version' 30 s after Save; the page's messages: {said}; the "
+                            f"correction box holds {corrected.input_value()!r}")
         finally:
             browser.close()
             for ep in endpoints.list_endpoints(ws, include_stopped=False):
