@@ -140,3 +140,37 @@ def test_the_strip_follows_a_run_everywhere_and_its_end_is_announced(browser, st
             if run.status in ("queued", "running"):
                 scheduler.cancel(ws, run.id)
         context.close()
+
+
+def test_a_tab_polls_only_while_it_is_shown(browser, studio):
+    """An open page costs the server the strip's refresh, plus the poll of the one tab being looked at: the Runs
+    tab's timer ticks while Runs is shown and stops when another tab is picked."""
+    import json
+    import time
+
+    url, _ = studio
+    context = browser.new_context(viewport=LAPTOP)
+    page = context.new_page()
+    sent: list[tuple[float, int]] = []  # (when, which event) of every request to the server's queue
+    page.on("request", lambda r: sent.append((time.monotonic(), json.loads(r.post_data or "{}").get("fn_index")))
+            if "queue/join" in r.url else None)
+    try:
+        page.goto(url)
+        page.locator("#studio-strip .studio-strip-item").first.wait_for(timeout=30_000)
+
+        def events_during(seconds: float) -> set:
+            start = time.monotonic()
+            page.wait_for_timeout(seconds * 1000)
+            return {fn for at, fn in sent if at >= start}
+
+        on_data = events_during(7)
+        open_tab(page, "Runs")
+        on_runs = events_during(7)
+        open_tab(page, "Chat")
+        page.wait_for_timeout(500)
+        on_chat = events_during(7)
+    finally:
+        context.close()
+    assert on_data, "the status strip did not refresh on the Data tab"
+    assert on_runs - on_data, f"the Runs tab did not poll while shown: {on_runs} against the strip's {on_data}"
+    assert on_chat <= on_data, f"the Runs tab still polls from the Chat tab: {on_chat - on_data}"

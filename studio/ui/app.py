@@ -1,7 +1,8 @@
 """Builds the studio's Gradio Blocks: a header and the tabs in the order of the flow.
 
-Each tab lives in studio/ui/<name>_tab.py and exposes `build(ws)`, called inside its gr.Tab.
-A tab whose module does not exist yet says so plainly, with no controls that pretend.
+Each tab lives in studio/ui/<name>_tab.py and exposes `build(ws)`, called inside its gr.Tab; a tab that polls
+returns {"timer": its gr.Timer, made inactive}, which ticks only while that tab is shown (the status strip's own
+timer always does). A tab whose module does not exist yet says so plainly, with no controls that pretend.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ TABS = [
 def build_app(ws: Workspace, warning: str | None = None) -> gr.Blocks:
     from studio.ui import session, statusbar
 
-    handles: dict[str, object] = {}  # what a tab's build returns (the Runs tab: its run picker)
+    handles: dict[str, dict] = {}  # what a tab's build returns: its timer, the Runs tab's run picker
     with gr.Blocks(title="LLMOps Studio", fill_width=True) as app:
         if warning:
             gr.Markdown(f"⚠️ **{warning}**", elem_id="studio-insecure-banner")
@@ -43,7 +44,7 @@ def build_app(ws: Workspace, warning: str | None = None) -> gr.Blocks:
         signed_in = gr.Markdown("", elem_id="studio-user")
         app.load(lambda: session.who(ws), outputs=signed_in, api_visibility="private")
         bar = statusbar.strip()  # device, queue, endpoints: visible from every tab
-        with gr.Tabs(elem_id="studio-tabs"):
+        with gr.Tabs(elem_id="studio-tabs") as tabs:
             for label, module, purpose, issue in TABS:
                 with gr.Tab(label, id=module):
                     name = f"studio.ui.{module}"
@@ -54,9 +55,24 @@ def build_app(ws: Workspace, warning: str | None = None) -> gr.Blocks:
                             f"studio yet (tracked as issue {issue})."
                         )
                     else:
-                        handles[module] = importlib.import_module(name).build(ws)
-        statusbar.connect(app, ws, bar, handles.get("runs_tab"))
+                        handles[module] = importlib.import_module(name).build(ws) or {}
+        statusbar.connect(app, ws, bar, handles.get("runs_tab", {}).get("run_picker"))
+        poll_only_when_shown(tabs, {module: h["timer"] for module, h in handles.items() if "timer" in h})
     return app
+
+
+def poll_only_when_shown(tabs: gr.Tabs, timers: dict[str, gr.Timer]) -> None:
+    """A tab's timer ticks while the tab is shown and stops when another one is picked: an open page that sits
+    on the Data tab sends the strip's request every few seconds, not one per polling tab as well."""
+    if not timers:
+        return
+    modules = {label: module for label, module, _, _ in TABS}
+
+    def shown(evt: gr.SelectData):  # Gradio gives the picked tab's label (and index)
+        picked = modules.get(evt.value, evt.value)
+        return [gr.Timer(active=module == picked) for module in timers]
+
+    tabs.select(shown, None, list(timers.values()), show_progress="hidden", api_visibility="private")
 
 
 def theme() -> gr.themes.Base:

@@ -264,7 +264,7 @@ def run_page(prefix: str = "run"):
     return status, progress, loss, lr, log, config, manifest
 
 
-def build(ws: Workspace) -> gr.Dropdown:
+def build(ws: Workspace) -> dict:
     gr.Markdown(
         "Every fine-tune of this workspace. Runs go on in the background: close the page, come back later, "
         "or follow one from a terminal with `studio runs show ID --follow`. Runs wait in a queue and start "
@@ -288,7 +288,7 @@ def build(ws: Workspace) -> gr.Dropdown:
     said = gr.Markdown(elem_id="runs-message")
     cli = gr.Textbox(label="The same run from a terminal", lines=1, buttons=["copy"], interactive=False,
                      info="The `studio train` line that starts a run with these settings.")
-    timer = gr.Timer(POLL_S)
+    timer = gr.Timer(POLL_S, active=False)  # ticks while this tab is shown (studio/ui/app.py)
 
     def refresh_all(run_id):
         return runs_table(ws), gr.Dropdown(choices=run_choices(ws), value=run_id)
@@ -316,4 +316,5 @@ def build(ws: Workspace) -> gr.Dropdown:
     chosen.focus(lambda: gr.Dropdown(choices=run_choices(ws)), None, chosen, show_progress="hidden",
                  api_visibility="private")
     compare_view.build(ws, chosen)  # the chosen run's lineage; two or more runs side by side
-    return chosen  # the status strip picks a run here when one of its items is clicked
+    # the status strip picks a run here when one of its items is clicked
+    return {"timer": timer, "run_picker": chosen}

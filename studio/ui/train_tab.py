@@ -207,7 +207,7 @@ def start(ws: Workspace, dataset: str | None, model: str, preset: str, name: str
 # --- layout --------------------------------------------------------------------------------------------
 
 
-def build(ws: Workspace) -> None:
+def build(ws: Workspace) -> dict:
     guide(GUIDE)
     with gr.Row():
         dataset = gr.Dropdown(label="Dataset version", choices=dataset_choices(ws), scale=3,
@@ -256,7 +256,7 @@ def build(ws: Workspace) -> None:
     current = gr.State(None)
     gr.Markdown("#### Progress of the run started here (or the one training now)")
     page = run_page("train-run")
-    timer = gr.Timer(POLL_S)
+    timer = gr.Timer(POLL_S, active=False)  # ticks while this tab is shown (studio/ui/app.py)
 
     refresh.click(lambda: gr.Dropdown(choices=dataset_choices(ws)), None, dataset, api_name="train_datasets")
     model.change(model_info, model, about_model)
@@ -279,3 +279,4 @@ def build(ws: Workspace) -> None:
     # versions saved in the Data tab since the page loaded appear as soon as the list is opened
     dataset.focus(lambda: gr.Dropdown(choices=dataset_choices(ws)), None, dataset, show_progress="hidden",
                   api_visibility="private")
+    return {"timer": timer}
