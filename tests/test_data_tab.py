@@ -52,6 +52,10 @@ def test_sample_check_save_show_rename_delete_over_http(ws, served):
     assert answers.startswith("Open the sign-in page, choose Forgot password")
     assert "How do I reset my password?" in re.sub(r"<[^>]+>", "", preview)
     assert rejected is None and plot is not None
+    # the browser sends an emptied number box as 0: no max length and "use the share", not zero validation rows
+    cleared = [*settings[:3], 0, settings[4], 0.1, 0, *settings[7:]]
+    summary_cleared, *_ = client.predict(*roles, *cleared, api_name="/data_check")
+    assert "45 training and 5 validation rows" in summary_cleared
     saved, versions, version_id = client.predict(*roles, *settings, api_name="/data_save")
     assert "Saved" in saved
     (version,) = store.list_versions(ws)

@@ -169,7 +169,7 @@ def build(ws: Workspace) -> None:
                                         + "; ".join(f"{k}: {v}" for k, v in TEMPLATE_HELP.items()))
         with gr.Row():
             max_length = gr.Number(value=None, label="Max length (tokens)", precision=0,
-                                   info="Longest conversation kept. Empty: the model's context, at most 2048.")
+                                   info="Longest conversation kept. Empty or 0: the model's context, at most 2048.")
             length_policy = gr.Radio(["drop", "truncate"], value="drop", label="Rows over the max length",
                                      info="drop: leave them out (listed in rejected.csv); truncate: cut the answer.")
             val_fraction = gr.Slider(0, 0.5, value=importer.DEFAULT_VAL_FRACTION, step=0.05,
@@ -177,7 +177,8 @@ def build(ws: Workspace) -> None:
                                      info="These rows are not trained on; they measure how well the model "
                                           "generalises. Ignored when a validation file is given.")
             val_rows = gr.Number(value=None, precision=0, label="…or a number of validation rows",
-                                 info="When set, exactly this many rows are held out instead of a share.")
+                                 info="When set, exactly this many rows are held out instead of a share. "
+                                      "Empty or 0: the share on the left.")
             seed = gr.Number(value=importer.DEFAULT_SEED, precision=0, label="Split seed",
                              info="The same seed gives the same split every time.")
         val_file = gr.File(label="Validation file (optional, same columns)",
@@ -253,7 +254,8 @@ def build(ws: Workspace) -> None:
         kwargs = dict(system_prompt=sys_prompt, base_model=(model or "").strip() or importer.DEFAULT_BASE_MODEL,
                       template=None if tmpl in (None, AUTO) else tmpl, max_length=int(length) if length else None,
                       length_policy=policy, val_fraction=float(fraction or 0),
-                      val_size=int(rows) if rows not in (None, "") else None, seed=int(seed_value or 0),
+                      # a cleared number box comes back as 0: 0 rows means "use the share", as empty does
+                      val_size=int(rows) if rows else None, seed=int(seed_value or 0),
                       name=version_name or None)
         return mapping, (key, kwargs, val_path)
 
