@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -199,6 +200,11 @@ def test_command_line_and_step_line():
     line = submit.command_line("demo-tiny", "ds-1", "quick-test", {"lora_r": 8, "packing": True}, "my run")
     assert line == "studio train --data ds-1 --model demo-tiny --preset quick-test --set lora_r=8 " \
                    "--set packing=true --name 'my run'"
+    # a workspace other than the default one is named, so the line works in a new terminal without STUDIO_HOME
+    elsewhere = submit.command_line("demo-tiny", "ds-1", "quick-test", home=Path("/srv/team studio"))
+    assert elsewhere.startswith("studio train --home '/srv/team studio' --data ds-1 ")
+    from studio.core.workspace import DEFAULT_HOME
+    assert "--home" not in submit.command_line("demo-tiny", "ds-1", "quick-test", home=DEFAULT_HOME)
     text = summary.step_line({"type": "step", "step": 3, "max_steps": 60, "epoch": 0.5, "loss": 6.2, "eta": 100,
                            "learning_rate": 0.003, "grad_norm": 1.5, "tokens_per_second": 300, "elapsed": 5})
     assert text == "step 3/60 · epoch 0.50 · loss 6.2000 · lr 3.0e-03 · grad norm 1.50 · 300 tok/s · " \

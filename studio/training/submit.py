@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -217,11 +218,17 @@ def rerun(ws: Workspace, run_id: str) -> Run:
 
 
 def command_line(base_model: str, dataset_id: str, preset: str, overrides: dict[str, Any] | None = None,
-                 name: str | None = None, from_run: str | None = None) -> str:
-    """The `studio train` line that starts the same run as the Train tab's form."""
+                 name: str | None = None, from_run: str | None = None, home: Path | None = None) -> str:
+    """The `studio train` line that starts the same run as the Train tab's form; with `home` (the workspace)
+    when it is not the default one, so that the line works in a new terminal without STUDIO_HOME."""
     import shlex
 
-    parts = ["studio", "train", "--data", dataset_id, "--model", base_model, "--preset", preset]
+    from studio.core.workspace import DEFAULT_HOME
+
+    parts = ["studio", "train"]
+    if home is not None and Path(home).expanduser().resolve() != DEFAULT_HOME.expanduser().resolve():
+        parts += ["--home", str(home)]
+    parts += ["--data", dataset_id, "--model", base_model, "--preset", preset]
     overrides = dict(overrides or {})
     if overrides.get("objective") not in (None, "sft"):
         parts += ["--method", overrides.pop("objective")]

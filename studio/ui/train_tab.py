@@ -6,6 +6,7 @@ the Runs tab. Thin: each handler calls studio.training.presets / studio.training
 from __future__ import annotations
 
 import typing
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -172,13 +173,13 @@ def apply_changes(changes: dict, *values: Any) -> list[Any]:
 
 
 def show_command(dataset: str | None, model: str, preset: str, name: str, *values: Any,
-                 from_run: str | None = None, processes: Any = 1) -> str:
+                 from_run: str | None = None, processes: Any = 1, home: Path | None = None) -> str:
     try:
         cfg, overrides = _config(dataset, model, preset, list(values), processes)
     except StudioError as exc:
         _fail(exc)
     return submit.command_line(cfg.base_model, cfg.dataset_id, preset, overrides, (name or "").strip() or None,
-                               from_run or None)
+                               from_run or None, home=home)
 
 
 def parent_choices(ws: Workspace) -> list[tuple[str, str]]:
@@ -265,7 +266,8 @@ def build(ws: Workspace) -> dict:
     fit.click(lambda d, m, p, pr, *v: check_fit(ws, d, m, p, *v, processes=pr), [dataset, model, preset, processes,
               *controls], [fit_text, changes], api_name="train_fit_check")
     apply.click(apply_changes, [changes, *controls], controls, api_name="train_apply_change")
-    command.click(lambda d, m, p, n, fr, pr, *v: show_command(d, m, p, n, *v, from_run=fr, processes=pr),
+    command.click(lambda d, m, p, n, fr, pr, *v: show_command(d, m, p, n, *v, from_run=fr, processes=pr,
+                                                                  home=ws.home),
                   [dataset, model, preset, name, from_run, processes, *controls], cli, api_name="train_command")
     go.click(lambda d, m, p, n, f, fr, pr, *v: start(ws, d, m, p, n, f, *v, from_run=fr, processes=pr),
              [dataset, model, preset, name, force, from_run, processes, *controls], [started, current],
