@@ -26,7 +26,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="LLMOps Studio web app")
     parser.add_argument("--host", default=os.environ.get("STUDIO_HOST", "127.0.0.1"),
                         help="address to bind (0.0.0.0 to reach it from other machines)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("STUDIO_PORT", "7860")))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("STUDIO_PORT", "7860")),
+                        help="port to serve on (default: $STUDIO_PORT or 7860)")
     parser.add_argument("--share", action="store_true", help="open a temporary public gradio.live link")
     parser.add_argument("--home", default=None, help="workspace folder (default: $STUDIO_HOME or ~/.llmops-studio)")
     parser.add_argument("--insecure", action="store_true",

@@ -60,3 +60,11 @@ def test_demo_tiny_is_built_on_first_use(tmp_path):
     path = resolve(fresh, "demo-tiny").source
     assert (tmp_path / "fresh" / "models" / "demo-tiny" / "tokenizer.json").exists()
     assert resolve(fresh, "demo-tiny").source == path  # second use reuses it
+
+
+def test_sizes_read_as_people_say_them():
+    from studio.models.catalog import catalog_entry
+
+    assert catalog_entry("demo-tiny").size == "0.87M"
+    assert catalog_entry("HuggingFaceTB/SmolLM2-135M-Instruct").size == "135M"
+    assert catalog_entry("meta-llama/Llama-3.1-8B-Instruct").size == "8.03B"

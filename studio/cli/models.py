@@ -43,7 +43,7 @@ def show_model(args, ws) -> Output:
     text = [f"{resolved.name}: {'local folder ' if resolved.local else 'hub id '}{resolved.source}"]
     if resolved.entry:
         e = resolved.entry
-        text.append(f"{e.params_b:g}B parameters, {e.context} tokens context, {e.license}"
+        text.append(f"{e.size} parameters, {e.context} tokens context, {e.license}"
                     f"{', gated (needs HF_TOKEN)' if e.gated else ''}")
         text.append("LoRA targets: " + ", ".join(e.lora_targets))
     if shape:

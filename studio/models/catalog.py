@@ -84,6 +84,11 @@ class CatalogEntry(BaseModel):
     def shape(self) -> Shape:
         return Shape.from_config(self.config)
 
+    @property
+    def size(self) -> str:
+        """The stated size as people say it: "8.03B", "135M", and "0.87M" for the demo model (not "0.00087B")."""
+        return f"{self.params_b:g}B" if self.params_b >= 1 else f"{self.params_b * 1000:.3g}M"
+
 
 @functools.cache
 def catalog() -> tuple[CatalogEntry, ...]:
