@@ -67,6 +67,8 @@ def test_every_tab_fits_a_laptop_window_in_both_themes(browser, studio):
                 assert box and box["y"] + min(box["height"], 40) <= viewport["height"], \
                     f"{tab}: its main action ({action}) is below the fold at {viewport}: {box}"
                 assert page.locator("#studio-strip").is_visible(), f"no status strip on {tab}"
+                if tab == "Train":  # nothing to apply before a fit check has suggested a change
+                    assert panel.get_by_role("button", name="Apply the change that fits").is_disabled()
             if scheme == "dark":  # the system's dark theme is followed, and the strip stays readable on it
                 assert page.evaluate("document.body.classList.contains('dark')")
                 colours = page.locator("#studio-strip .studio-strip-item").first.evaluate(

@@ -51,7 +51,7 @@ def model_info(name: str) -> str:
         return ("Not in the list: a hub id downloads on first use (set HF_TOKEN for gated models); a folder "
                 "must hold a saved model (config.json).") if name else ""
     gated = " · **gated**: accept its license on the hub and set HF_TOKEN" if entry.gated else ""
-    return (f"{entry.family} · {entry.params_b:g}B parameters · context {entry.context:,} tokens · "
+    return (f"{entry.family} · {entry.size} parameters · context {entry.context:,} tokens · "
             f"{entry.license}{gated}. {entry.notes}")
 
 
@@ -244,7 +244,7 @@ def build(ws: Workspace) -> dict:
                     controls.append(_control(field, initial[field]))
     with gr.Row():
         fit = gr.Button("Check fit")
-        apply = gr.Button("Apply the change that fits", size="sm")
+        apply = gr.Button("Apply the change that fits", size="sm", interactive=False)
         command = gr.Button("Show command", size="sm")
         force = gr.Checkbox(label="Start even if it does not fit", value=False,
                             info="The fit check is an estimate; tick this to try anyway.")
@@ -266,6 +266,9 @@ def build(ws: Workspace) -> dict:
     fit.click(lambda d, m, p, pr, *v: check_fit(ws, d, m, p, *v, processes=pr), [dataset, model, preset, processes,
               *controls], [fit_text, changes], api_name="train_fit_check")
     apply.click(apply_changes, [changes, *controls], controls, api_name="train_apply_change")
+    # clickable only when the fit check suggested a change (it does only when the run does not fit)
+    changes.change(lambda c: gr.Button(interactive=bool(c)), changes, apply, show_progress="hidden",
+                   api_visibility="private")
     command.click(lambda d, m, p, n, fr, pr, *v: show_command(d, m, p, n, *v, from_run=fr, processes=pr,
                                                                   home=ws.home),
                   [dataset, model, preset, name, from_run, processes, *controls], cli, api_name="train_command")
