@@ -115,3 +115,5 @@ def test_cli_lists_and_follows_the_run(trained_run):
     assert f"Run {trained_run.run_id} succeeded at step {STEPS}/{STEPS}." in followed.stdout
     shown = studio("runs", "show", trained_run.run_id)
     assert "status    succeeded" in shown.stdout and "adapter   " in shown.stdout and "config    " in shown.stdout
+    # the two loss curves read in words (quick-test on 12 rows evaluates every 20 steps)
+    assert "learning  " in shown.stdout and "Held-out loss" in shown.stdout

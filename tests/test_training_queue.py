@@ -250,3 +250,21 @@ def test_admission_on_a_full_gpu_asks_the_endpoints_to_unload_and_says_so(ws, da
     assert "Only 0.05 GB of GPU memory is free" in notice and "may run out of memory" in notice
     scheduler.admit(ws, run, scheduler.CPU_SLOT)  # the CPU has no endpoints to unload
     assert len(asked) == 1
+
+
+def _curves(train, held_out):
+    return {"steps": [{"step": i + 1, "loss": v} for i, v in enumerate(train)],
+            "evals": [{"step": s, "eval_loss": v} for s, v in held_out]}
+
+
+def test_the_loss_curves_are_read_in_words():
+    falling = [6.0 - 0.05 * i for i in range(100)]
+    memorised = [6.0 * 0.95 ** i for i in range(100)]  # down to 0.04
+    assert summary.learning_verdict(_curves(falling, [(50, 6.1)])) is None  # one evaluation says nothing yet
+    assert summary.learning_verdict(_curves(falling, [(25, 5.9), (50, 4.8), (100, 3.1)])).startswith("✅")
+    flat = summary.learning_verdict(_curves(memorised, [(25, 6.07), (50, 6.05), (100, 6.06)]))
+    assert flat.startswith("⚠️ Held-out loss did not improve (6.07 → 6.06)") and "memorised" in flat
+    rose = summary.learning_verdict(_curves(memorised, [(25, 4.0), (50, 3.0), (75, 3.6), (100, 4.2)]))
+    assert rose.startswith("⚠️ Held-out loss rose from its best, 3 at step 50") and "about 50" in rose
+    stuck = summary.learning_verdict(_curves([6.0] * 100, [(50, 6.0), (100, 6.0)]))
+    assert "has not learnt much yet" in stuck

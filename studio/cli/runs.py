@@ -102,6 +102,7 @@ def describe(ws, run_id: str, log_lines: int = 10) -> tuple[dict, str]:
                         "checkpoints": [c["path"] for c in progress["checkpoints"]],
                         "log_tail": run.folder.tail_log(log_lines)}
     data["tracking"] = data["manifest"].get("tracking") or {}
+    data["learning"] = summary.learning_verdict(progress)
     status = run.status
     if run.cancel_requested_at and run.status == "running":
         status += " (cancel requested: it stops after the current step)"
@@ -112,6 +113,8 @@ def describe(ws, run_id: str, log_lines: int = 10) -> tuple[dict, str]:
         lines.append("progress  " + summary.step_line(progress["last"]))
     if progress["evals"]:
         lines.append("eval      " + summary.step_line(progress["evals"][-1]))
+    if data["learning"]:
+        lines.append("learning  " + data["learning"])
     for note in ([run.notice] if run.notice else []) + progress["notices"]:
         lines.append(f"notice    {note}")
     if run.error:

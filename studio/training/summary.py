@@ -72,3 +72,39 @@ def step_line(event: dict[str, Any]) -> str:
     if event.get("eta") is not None:
         parts.append(f"eta {seconds_text(event['eta'])}")
     return " · ".join(parts)
+
+
+LEARNT_SHARE = 0.9  # held-out loss at most this share of its first value: the run learnt something general
+MEMORISED_SHARE = 0.5  # training loss under this share of its start while held-out loss did not improve
+ROSE_SHARE = 1.1  # held-out loss this much above its best: the later steps memorised
+
+
+def learning_verdict(curves: dict[str, Any]) -> str | None:
+    """What the two loss curves say, in words, once there are at least two held-out evaluations: learnt
+    something that carries over, memorised the training rows (held-out flat while training falls), or began to
+    memorise after a point (held-out rose from its best). None when there is too little to say."""
+    evals = [e for e in curves.get("evals", []) if e.get("eval_loss") is not None]
+    losses = [e["loss"] for e in curves.get("steps", []) if e.get("loss") is not None]
+    if len(evals) < 2 or len(losses) < 2:
+        return None
+    first_eval, last_eval = evals[0]["eval_loss"], evals[-1]["eval_loss"]
+    best = min(evals, key=lambda e: e["eval_loss"])
+    head = losses[: max(1, len(losses) // 10)]
+    tail = losses[-max(1, len(losses) // 10):]
+    first_train, last_train = sum(head) / len(head), sum(tail) / len(tail)
+    train_fell = last_train < MEMORISED_SHARE * first_train
+    if last_eval > ROSE_SHARE * best["eval_loss"] and train_fell:
+        return (f"⚠️ Held-out loss rose from its best, {best['eval_loss']:.3g} at step {best['step']}, to "
+                f"{last_eval:.3g} while training loss kept falling (to {last_train:.3g}): the later steps memorised "
+                f"the training rows. Fewer steps (about {best['step']}) or more varied rows help.")
+    if best["eval_loss"] > LEARNT_SHARE * first_eval:
+        if train_fell:
+            return (f"⚠️ Held-out loss did not improve ({first_eval:.3g} → {last_eval:.3g}) while training loss fell "
+                    f"from {first_train:.3g} to {last_train:.3g}: the model memorised its training rows rather than "
+                    "learning what carries over to new questions. Try it on new questions in Chat; more and more "
+                    "varied rows, fewer steps or a lower learning rate help.")
+        return (f"Held-out loss did not improve ({first_eval:.3g} → {last_eval:.3g}) and training loss barely "
+                f"moved ({first_train:.3g} → {last_train:.3g}): the run has not learnt much yet. More steps or a "
+                "higher learning rate help.")
+    return (f"✅ Held-out loss fell from {first_eval:.3g} to {last_eval:.3g} along with training loss "
+            f"({first_train:.3g} → {last_train:.3g}): what the run learnt carries over to rows it never trained on.")
