@@ -53,13 +53,6 @@ def page(browser, studio):
     context.close()
 
 
-def toast(page) -> str:
-    """The text of the error message Gradio shows in the page."""
-    body = page.locator(".toast-body").filter(visible=True).first
-    body.wait_for()
-    return body.inner_text()
-
-
 def step_of(progress) -> int:
     found = STEP.search(progress.inner_text())
     return int(found.group(1)) if found else 0
@@ -93,13 +86,15 @@ def test_a_bad_file_shows_its_message_in_the_page(page, tmp_path):
     bad = tmp_path / "photo.csv"  # a picture saved under a spreadsheet's name
     bad.write_bytes(bytes(range(256)) * 8)
     panel.locator("#data-upload input[type=file]").set_input_files(bad)
-    message = toast(page)
-    assert "is a binary file, not text or a spreadsheet" in message and "CSV UTF-8" in message
+    source = panel.locator("#data-source")
+    source.get_by_text("is a binary file, not text or a spreadsheet").wait_for()  # in the page, not a toast
+    assert source.inner_text().startswith("❌") and "CSV UTF-8" in source.inner_text()
     assert "Traceback" not in page.content()
-    # pressing on without a usable file says what to do first, and nothing was saved
+    # pressing on says the uploaded file could not be read, with the reason, and nothing was saved
     panel.get_by_role("button", name="3. Check and preview").click()
-    expect_text = "Upload a file or click 'Use a sample' first."
-    page.get_by_text(expect_text).first.wait_for()
+    summary = panel.locator("#data-summary")
+    summary.get_by_text("The uploaded file could not be read").wait_for()
+    assert "is a binary file" in summary.inner_text()
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from studio.core.errors import InvalidInput
-from studio.data.mapping import build_conversations, check_mapping, guess_mapping
+from studio.data.mapping import build_conversations, check_mapping, guess_mapping, too_few_columns
 from studio.data.table import SourceTable
 
 
@@ -79,6 +79,22 @@ def test_check_mapping_refuses_bad_choices():
     with pytest.raises(InvalidInput, match="not a column role"):
         check_mapping(t, {"question": "q", "output": "a"})
     assert check_mapping(t, {"instruction": "q", "output": "a", "input": None}) == {"instruction": "q", "output": "a"}
+
+
+def test_one_column_is_refused_with_the_reason_unless_it_holds_chats():
+    one = table(["question"])
+    guess = guess_mapping(one)
+    assert not any("choose it by hand" in n for n in guess.notes)  # there is nothing to choose
+    problem = too_few_columns(one)
+    assert problem.message == ("'t.csv' has only one column ('question'); a dataset needs a question column "
+                               "and an answer column.") and "second column" in problem.fix
+    for mapping in ({"instruction": "question"}, {"instruction": "question", "output": "question"}, {}):
+        with pytest.raises(InvalidInput, match="only one column"):
+            check_mapping(one, mapping)
+    chat = '[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]'
+    chats = table(["messages"], [[chat], [chat]])
+    assert too_few_columns(chats) is None and check_mapping(chats, {"messages": "messages"})
+    assert too_few_columns(table(["q", "a"])) is None
 
 
 def test_columns_become_chats_with_context_and_system():

@@ -94,5 +94,48 @@ def test_upload_with_problems_offers_rejected_csv(ws, served, tmp_path):
                                                        ("11", "the answer is empty")]
     bad = tmp_path / "bad.csv"
     bad.write_bytes(b"\x00\x01\x02" * 400)
-    with pytest.raises(Exception, match="binary"):
-        served.predict(handle_file(str(bad)), api_name="/data_inspect")
+    info, *_ = served.predict(handle_file(str(bad)), api_name="/data_inspect")
+    assert info.startswith("❌") and "binary" in info
+
+
+def test_an_empty_file_is_explained_in_the_page_and_at_check(ws, served, tmp_path):
+    """A 0-byte file: the reason stays in the page, the columns stay choosable, the check repeats the reason."""
+    from gradio_client import handle_file
+
+    _, served = served
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    info, sample_rows, *roles, sheet, header = served.predict(handle_file(str(empty)), api_name="/data_inspect")
+    assert info.startswith("❌") and "'empty.csv' is empty (0 bytes)" in info and "Export the spreadsheet again" in info
+    # updates, not error pills: the only choice left is (none) (an unchanged value is not sent again)
+    assert all(r["choices"] == [["(none)", "(none)"]] and r.get("value", "(none)") == "(none)" for r in roles)
+    roles = ["(none)"] * len(roles)
+    assert sample_rows["visible"] is False and header["visible"] is False
+    settings = ["", "demo-tiny", "auto", None, "drop", 0.1, None, 42, None, ""]
+    summary, preview, checks, rejected, plot, name = served.predict(*roles, *settings, api_name="/data_check")
+    assert summary.startswith("❌ The uploaded file could not be read: 'empty.csv' is empty (0 bytes).")
+    assert "Upload a file" not in summary and rejected is None
+    with pytest.raises(Exception, match="could not be read: 'empty.csv' is empty"):
+        served.predict(*roles, *settings, api_name="/data_save")
+    assert store.list_versions(ws) == []
+    # a good file afterwards replaces the reason
+    info, *_ = served.predict("support_faq.csv", api_name="/data_use_sample")
+    assert "❌" not in info and "50 rows, 2 columns" in info
+
+
+def test_a_one_column_file_says_it_needs_an_answer_column(ws, served, tmp_path):
+    from gradio_client import handle_file
+
+    _, served = served
+    path = tmp_path / "questions.csv"
+    path.write_text("question\nHow do I reset my password?\nWhere is my order?\nCan I pay by card?\n")
+    info, _, *roles, _, _ = served.predict(handle_file(str(path)), api_name="/data_inspect")
+    assert "3 rows, 1 column (" in info and "1 columns" not in info
+    assert ("❌ **'questions.csv' has only one column ('question'); a dataset needs a question column and an "
+            "answer column.** Add the answers as a second column") in info
+    assert "choose it by hand" not in info
+    settings = ["", "demo-tiny", "auto", None, "drop", 0.1, None, 42, None, ""]
+    summary, *_ = served.predict(*[value(r) for r in roles], *settings, api_name="/data_check")
+    assert summary.startswith("❌ 'questions.csv' has only one column ('question'); a dataset needs a question "
+                              "column and an answer column. Add the answers as a second column")
+    assert "Pick the question and the answer columns" not in summary

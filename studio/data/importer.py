@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from studio.core.errors import InvalidInput
 from studio.data import preference
 from studio.data.ingest import FileSource, open_source, read_table
-from studio.data.mapping import MappingGuess, check_mapping, guess_mapping
+from studio.data.mapping import MappingGuess, check_mapping, guess_mapping, too_few_columns
 from studio.data.table import SourceTable
 
 if TYPE_CHECKING:
@@ -39,9 +39,11 @@ class Inspection:
 
     table: SourceTable
     guess: MappingGuess
+    problem: InvalidInput | None = None  # read fine, but no mapping can make a dataset of it (one column)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.table.describe(), "guess": self.guess.to_dict(), "sample": self.table.sample()}
+        return {"source": self.table.describe(), "guess": self.guess.to_dict(), "sample": self.table.sample(),
+                "problem": self.problem.to_dict() if self.problem else None}
 
 
 @dataclass
@@ -85,7 +87,7 @@ class ImportResult:
 def inspect_file(path: str | Path, *, sheet: str | None = None, header: bool | None = None,
                  max_bytes: int | None = None, name: str | None = None) -> Inspection:
     table = read_table(path, sheet=sheet, header=header, max_bytes=max_bytes, name=name)
-    return Inspection(table, preference.guess(table) or guess_mapping(table))
+    return Inspection(table, preference.guess(table) or guess_mapping(table), too_few_columns(table))
 
 
 def default_max_length(ws: Workspace, base_model: str, tokenizer) -> int:

@@ -151,10 +151,26 @@ def guess_mapping(table: SourceTable) -> MappingGuess:
     if "messages" not in mapping and not ("instruction" in mapping and "output" in mapping):
         confident = False
         missing = [r for r in ("instruction", "output") if r not in mapping]
-        notes.append(f"No column looks like the {' or the '.join(missing)}; choose it by hand.")
+        if len(columns) > 1:  # with one column there is nothing to choose: too_few_columns says why
+            notes.append(f"No column looks like the {' or the '.join(missing)}; choose it by hand.")
     ordered = {role: mapping[role] for role in ROLES if role in mapping}
     reasons = {role: reasons[role] for role in ROLES if role in reasons}
     return MappingGuess(mapping=ordered, confident=confident, reasons=reasons, notes=notes)
+
+
+def too_few_columns(table: SourceTable) -> InvalidInput | None:
+    """Why the file cannot give question/answer rows whatever the mapping: under two columns and no chat column.
+    Returned, not raised, so that the Data tab can show it at upload next to a usable page."""
+    if len(table.columns) >= 2 or _messages_column(table) is not None:
+        return None
+    return _too_few_columns(table)
+
+
+def _too_few_columns(table: SourceTable) -> InvalidInput:
+    has = f"only one column ('{table.columns[0]}')" if table.columns else "no columns"
+    return InvalidInput(f"'{table.name}' has {has}; a dataset needs a question column and an answer column.",
+                        "Add the answers as a second column (one question and its answer per row), or upload "
+                        "whole chats as JSON lines with a 'messages' list of role/content messages per line.")
 
 
 def check_mapping(table: SourceTable, mapping: dict[str, str | None]) -> dict[str, str]:
@@ -166,6 +182,8 @@ def check_mapping(table: SourceTable, mapping: dict[str, str | None]) -> dict[st
             raise InvalidInput(f"'{role}' is not a column role.", f"Use one of: {', '.join(ROLES)}.")
         if column not in table.columns:
             raise InvalidInput(f"The file has no column '{column}' (for {role}).", f"Its columns are: {columns}.")
+    if "messages" not in clean and len(table.columns) < 2:
+        raise _too_few_columns(table)
     used = [c for c in clean.values()]
     for column in set(used):
         if used.count(column) > 1:

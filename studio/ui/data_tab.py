@@ -113,6 +113,44 @@ def sample_frame(table) -> pd.DataFrame:
     return pd.DataFrame(table.sample()).map(cell)
 
 
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def source_markdown(inspection: importer.Inspection) -> str:
+    """What was read, the guessed columns to check, and (❌) why no mapping can make a dataset of it."""
+    table, guess = inspection.table, inspection.guess
+    src = table.describe()
+    info = (f"Read **{src['name']}**: {_count(src['rows'], 'row')}, {_count(len(src['columns']), 'column')} "
+            f"({src['format']}" + (f", {src['encoding']}" if src["encoding"] else "")
+            + (f", delimiter `{src['delimiter']!r}`" if src["delimiter"] else "") + ").")
+    if src["skipped_empty_rows"]:
+        skipped = src["skipped_empty_rows"]
+        info += f" {_count(skipped, 'empty row')} {'was' if skipped == 1 else 'were'} skipped."
+    if inspection.problem:
+        return info + "\n\n" + problem_markdown(inspection.problem)
+    info += ("\n\nThe columns below are the studio's **guess**: " + "; ".join(guess.reasons.values())
+             if guess.mapping else "\n\nNo column names were recognised: choose the columns below.")
+    if guess.notes:
+        info += "\n\n⚠️ " + " ".join(guess.notes)
+    return info
+
+
+def problem_markdown(exc: StudioError) -> str:
+    return f"❌ **{exc.message}**" + (f" {exc.fix}" if exc.fix else "")
+
+
+def check_blocker(st: dict) -> str | None:
+    """Why 'Check and preview' (or Save) cannot start from what was uploaded; None when it can."""
+    if st.get("unreadable"):
+        return f"The uploaded file could not be read: {st['unreadable']}"
+    if st.get("problem"):
+        return st["problem"]
+    if st.get("table") is None:
+        return "Upload a file or click 'Use a sample' first."
+    return None
+
+
 def versions_frame(ws: Workspace) -> pd.DataFrame:
     rows = [{"ID": v.id, "Name": v.name, "Training rows": v.rows_train, "Validation rows": v.rows_val,
              "Rejected": v.rows_rejected, "Base model": v.base_model, "Template": v.template,
@@ -216,37 +254,35 @@ def build(ws: Workspace) -> None:
                 name]
 
     def inspect(path: str | None, sheet_name: str | None = None, has_header: bool | None = None):
+        empty_roles = [gr.update(choices=[NONE], value=NONE)] * len(ROLES)
         if not path:
-            return ({}, "", gr.update(visible=False), *[gr.update(choices=[NONE], value=NONE)] * len(ROLES),
-                    gr.update(visible=False), gr.update(visible=False))
+            return {}, "", gr.update(visible=False), *empty_roles, gr.update(visible=False), gr.update(visible=False)
         try:
             inspection = importer.inspect_file(path, sheet=sheet_name or None, header=has_header)
         except StudioError as exc:
-            _fail(exc)
+            # shown in the page, not a fading toast; the dropdowns stay usable. After a sheet or header change
+            # those two stay as they were, so that the change can be undone.
+            again = sheet_name is not None or has_header is not None
+            keep_or_hide = gr.update() if again else gr.update(visible=False)
+            return ({"path": path, "sheet": sheet_name, "header": has_header, "unreadable": str(exc)},
+                    problem_markdown(exc), gr.update(visible=False), *empty_roles, keep_or_hide, keep_or_hide)
         table, guess = inspection.table, inspection.guess
         src = table.describe()
-        info = (f"Read **{src['name']}**: {src['rows']} rows, {len(src['columns'])} columns ({src['format']}"
-                + (f", {src['encoding']}" if src["encoding"] else "")
-                + (f", delimiter `{src['delimiter']!r}`" if src["delimiter"] else "") + ").")
-        if src["skipped_empty_rows"]:
-            info += f" {src['skipped_empty_rows']} empty rows were skipped."
-        info += ("\n\nThe columns below are the studio's **guess**: " + "; ".join(guess.reasons.values())
-                 if guess.mapping else "\n\nNo column names were recognised: choose the columns below.")
-        if guess.notes:
-            info += "\n\n⚠️ " + " ".join(guess.notes)
         choices = [NONE, *table.columns]
         updates = [gr.update(choices=choices, value=guess.mapping.get(role, NONE)) for role in ROLES]
         sheet_update = gr.update(choices=src["sheets"], value=src["sheet"], visible=bool(src["sheets"]))
         header_update = gr.update(value=src["header"], visible=src["format"] in ("csv", "tsv", "xlsx"))
-        return ({"path": path, "table": table, "sheet": src["sheet"], "header": src["header"]}, info,
-                gr.update(value=sample_frame(table), visible=True), *updates, sheet_update, header_update)
+        problem = str(inspection.problem) if inspection.problem else None
+        return ({"path": path, "table": table, "sheet": src["sheet"], "header": src["header"], "problem": problem},
+                source_markdown(inspection), gr.update(value=sample_frame(table), visible=True), *updates,
+                sheet_update, header_update)
 
     def pick_sample(sample_name: str):
         return inspect(str(SAMPLES / (sample_name or SAMPLE_FILES[0])))
 
     def current(st: dict, role_values: list[str], values: list[Any]) -> tuple[dict, tuple]:
-        if not st.get("table"):
-            raise gr.Error("Upload a file or click 'Use a sample' first.")
+        if blocker := check_blocker(st):
+            raise gr.Error(blocker)
         mapping = {r: v for r, v in zip(ROLES, role_values, strict=True) if v and v != NONE}
         sys_prompt, model, tmpl, length, policy, fraction, rows, seed_value, val_path, version_name = values
         key = (st["path"], st.get("sheet"), st.get("header"), tuple(sorted(mapping.items())), sys_prompt, model, tmpl,
@@ -260,6 +296,8 @@ def build(ws: Workspace) -> None:
         return mapping, (key, kwargs, val_path)
 
     def run_checks(st: dict, *values):
+        if blocker := check_blocker(st):  # in the page, next to where the report would be
+            return st, "❌ " + blocker, "", None, None, None, gr.update()
         mapping, (key, kwargs, val_path) = current(st, list(values[:len(ROLES)]), list(values[len(ROLES):]))
         try:
             val_table = importer.read_table(val_path) if val_path else None
