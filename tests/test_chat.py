@@ -66,6 +66,32 @@ def test_a_correction_on_a_run_extends_the_run_dataset(trained_run):
     assert version.name.startswith(original.name) and get_version(ws, trained_run.dataset_id) == original
 
 
+def test_picking_a_run_sets_the_system_prompt_it_was_trained_with(ws, tmp_path):
+    """Chat asks as Evaluate and Publish do: with the run's dataset system prompt, empty when it had none;
+    an endpoint leaves the box as the user set it."""
+    import datasets
+    from test_publish_helpers import config_only_adapter, register_run
+
+    from studio.data.store import save_version
+    from studio.ui.chat_tab import trained_system_prompt
+
+    system = "You answer for the support team, in one sentence."
+    rows = [{"messages": [{"role": "user", "content": "Where is my order?"},
+                          {"role": "assistant", "content": "Follow the tracking link."}]}]
+    version, _ = save_version(ws, content_hash="s" * 64, name="faq", train=datasets.Dataset.from_list(rows),
+                              val=datasets.Dataset.from_list(rows), base_model="demo-tiny", template="model",
+                              system_prompt=system)
+    with_prompt = register_run(ws, config_only_adapter(tmp_path / "a"), "run-20260101-000000-sysp",
+                               dataset_id=version.id)
+    assert trained_system_prompt(ws, with_prompt) == (system, "System prompt set to the one this run was trained "
+                                                              "with.")
+    without = register_run(ws, config_only_adapter(tmp_path / "b"), "run-20260101-000000-none")
+    prompt, why = trained_system_prompt(ws, without)
+    assert prompt == "" and "trained without one" in why
+    assert trained_system_prompt(ws, "ep-20260101-remote") == (None, "")
+    assert trained_system_prompt(ws, None) == (None, "")
+
+
 @pytest.fixture(scope="module")
 def run_endpoint(trained_run):
     from studio.serving import endpoints
@@ -107,9 +133,11 @@ def test_chat_tab_side_by_side_through_gradio_client(run_endpoint, trained_run):
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        status, left_pick, right_pick, left, right = client.predict(trained_run.run_id, api_name="/chat_pick")
+        status, left_pick, right_pick, system, left, right = client.predict(trained_run.run_id,
+                                                                            api_name="/chat_pick")
         left_model, right_model = left_pick["value"], right_pick["value"]  # dropdown updates
         assert "ready" in status and right_model == trained_run.run_id and left_model == "demo-tiny"
+        assert system == "" and "System prompt cleared: this run was trained without one." in status
         left, right, message, curl, python, _ = client.predict(
             trained_run.run_id, "How do I reset my password?", left_model, right_model, [], [], "", 0, 1, 40, None,
             api_name="/chat_send")

@@ -40,6 +40,7 @@ def test_publish_tab_shows_the_plan_publishes_and_reverifies(trained_run, tab_cl
     dep = tab_client.predict(run_id, "local", {"name": "from-tab"}, api_name="/publish")
     assert dep["status"] == "healthy" and dep["verification"]["verdict"] in PUBLISH_VERDICTS
     assert dep["curl"].startswith(f"curl {dep['url']}/v1/chat/completions")
+    assert dep["options"]["system_prompt"] == "" and '"role": "system"' not in dep["curl"]  # its dataset has none
     assert dep["id"] in [d["id"] for d in tab_client.predict(api_name="/deployments_list")]
 
     again = tab_client.predict(dep["id"], None, api_name="/deployment_verify")

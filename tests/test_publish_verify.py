@@ -126,3 +126,26 @@ def test_word_diff_marks_what_changed():
     assert word_diff("Refunds go to your card.", "Refunds go to your bank card.") == \
         "Refunds go to your {+bank+} card."
     assert word_diff("a b c", "a x c") == "a [-b-] {+x+} c"
+
+
+def test_the_try_it_request_starts_with_the_system_prompt_the_model_was_verified_with():
+    """The Publish tab's curl example asks as verification did: the run's dataset system prompt first
+    (recorded at publish; older deployments: the golden set's), shell-quoted even with a quote in it."""
+    import shlex
+
+    from studio.publishing.deployments import Deployment, curl_example
+
+    def body(dep: Deployment) -> dict:
+        argv = shlex.split(curl_example(dep, "Where is my order?"))
+        return json.loads(argv[argv.index("-d") + 1])
+
+    system = "You answer for the support team; don't guess."
+    dep = Deployment(id="dep-1", run_id="run-1", target="local", slot="local:faq", status="healthy", created_at="",
+                     url="http://127.0.0.1:9", options={"system_prompt": system, "served": {"model": "faq"}})
+    assert body(dep)["messages"] == [{"role": "system", "content": system},
+                                     {"role": "user", "content": "Where is my order?"}]
+    dep.options["system_prompt"] = ""
+    assert body(dep)["messages"] == [{"role": "user", "content": "Where is my order?"}]
+    del dep.options["system_prompt"]
+    dep.verification = {"prompts_from": {"kind": "golden", "system_prompt": system}}
+    assert body(dep)["messages"][0] == {"role": "system", "content": system} and body(dep)["model"] == "faq"

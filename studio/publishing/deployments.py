@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shlex
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -194,19 +195,23 @@ def resolve(ws: Workspace, ref: str) -> Deployment:
 
 
 def curl_example(dep: Deployment, question: str = "Hello, what can you help me with?") -> str:
-    """A copy-paste request against the deployment's chat endpoint (None-free: the Hub has none)."""
+    """A copy-paste request against the deployment's chat endpoint (None-free: the Hub has none). The run's
+    dataset system prompt, recorded at publish, goes first, as verification asked it: without it a tuned model
+    may not answer as it was trained to."""
     served = dep.options.get("served") or {}
     url = served.get("url") or dep.url
     if not url or dep.target == "hub":
         return ""
-    body = {"model": served.get("model") or "tgi", "messages": [{"role": "user", "content": question}],
-            "max_tokens": 200, "temperature": 0}
+    system = (dep.options["system_prompt"] if "system_prompt" in dep.options  # older deployments: the golden set's
+              else (dep.verification.get("prompts_from") or {}).get("system_prompt"))
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": question}]
+    body = {"model": served.get("model") or "tgi", "messages": messages, "max_tokens": 200, "temperature": 0}
     auth = ""
     if served.get("api_key_set") or dep.target == "inference-endpoint":
         auth = ' -H "Authorization: Bearer $' + ("HF_TOKEN" if dep.target == "inference-endpoint" else "API_KEY") \
                + '"'
     return (f"curl {url.rstrip('/')}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
-            f"-d '{json.dumps(body)}'")
+            f"-d {shlex.quote(json.dumps(body))}")  # a system prompt may hold a quote
 
 
 def format_deployment(dep: Deployment) -> str:

@@ -17,7 +17,7 @@ from studio.publishing.export import Export, get_export, reusable_export, start_
 from studio.publishing.source import RunSource, finished_run, run_metrics
 from studio.publishing.targets import make_target
 from studio.publishing.targets.base import Deployed, Plan
-from studio.publishing.verify import Served, verification_set, verify
+from studio.publishing.verify import Served, dataset_system_prompt, verification_set, verify
 
 if TYPE_CHECKING:
     from studio.core.workspace import Workspace
@@ -96,7 +96,8 @@ def publish(ws: Workspace, run_id: str, target: str = "local", options: dict | N
     dep = registry.create(ws, run_id=source.run_id, target=chosen.kind, slot=plan.slot,
                           model_version=export.version, export_hash=export.export_hash, export_id=export.id,
                           previous_id=previous.id if previous else None,
-                          options={"options": chosen.options.public()})
+                          options={"options": chosen.options.public(),
+                                   "system_prompt": dataset_system_prompt(ws, source.dataset_id)})
     audit.record(ws, "publish", dep.id, run=source.run_id, kind=chosen.kind, slot=plan.slot)
     dep = _deploy_and_verify(ws, dep, chosen, source, export, progress, replaces=previous)
     return _track(ws, dep, progress)
@@ -260,7 +261,8 @@ def rollback(ws: Workspace, ref: str, secrets: dict[str, str] | None = None,
     dep = registry.create(ws, run_id=earlier.run_id, target=earlier.target, slot=earlier.slot,
                           model_version=earlier.model_version, export_hash=earlier.export_hash,
                           export_id=earlier.export_id, previous_id=earlier.previous_id,
-                          options={"options": chosen.options.public(), "rollback_of": current.id})
+                          options={"options": chosen.options.public(), "rollback_of": current.id,
+                                   "system_prompt": dataset_system_prompt(ws, source.dataset_id)})
     audit.record(ws, "publish.rollback", dep.id, slot=current.slot, was=current.id,
                  to_version=earlier.model_version)
     result = _deploy_and_verify(ws, dep, chosen, source, export, progress)

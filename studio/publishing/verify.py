@@ -71,7 +71,7 @@ def verification_set(ws: Workspace, source: RunSource, n: int = 3) -> tuple[list
     found = run_golden_set(ws, source.run_id)
     if found:
         origin, items = found
-        system = _system_prompt(ws, source.dataset_id)
+        system = dataset_system_prompt(ws, source.dataset_id)
         context = [{"role": "system", "content": system}] if system else []
         chosen = items[:GOLDEN_PROMPTS]
         prompts = [[*(i.context or context), {"role": "user", "content": i.question}] for i in chosen]
@@ -100,7 +100,8 @@ def verification_prompts(ws: Workspace, source: RunSource, n: int = 3) -> tuple[
     return prompts, expected
 
 
-def _system_prompt(ws: Workspace, dataset_id: str | None) -> str:
+def dataset_system_prompt(ws: Workspace, dataset_id: str | None) -> str:
+    """The system prompt the dataset version was saved with; empty when it has none or is gone."""
     from studio.core.errors import NotFound
     from studio.data.store import get_version
 
@@ -289,7 +290,9 @@ def verify(served: Served, reference: dict[str, Any], tokenizer_dir: str | None 
                    f"(see the diffs): {CAUSE_TEXT['differs']}.")
     else:
         verdict = "passed"
-        summary = f"All {len(items)} replies match the studio model's and end normally."
+        summary = (f"The served model answers exactly as the studio's model does: all {len(items)} replies are "
+                   f"the same and end normally. This checks the serving, not the answers' quality: the Evaluate "
+                   f"tab scores the answers against yours.")
     result = {"verdict": verdict, "healthy": verdict != "failed", "summary": summary, "causes": causes,
               "matched": matched, "total": len(items), "max_new_tokens": budget, "url": served.url,
               "model": served.model, "checked_at": now(), "items": items}

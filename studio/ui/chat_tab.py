@@ -71,6 +71,21 @@ def model_choices(ws: Workspace, ref: str | None) -> tuple[list[str], str | None
     return names, names[0], names[1] if len(names) > 1 else None
 
 
+def trained_system_prompt(ws: Workspace, ref: str | None) -> tuple[str | None, str]:
+    """The System prompt box for what was picked, and one sentence saying why. For a run: the system prompt
+    its dataset version was saved with (empty when it has none), as Evaluate and Publish ask the model.
+    For an endpoint or a server: None, the box is left as the user set it."""
+    if not ref or not ref.startswith("run-"):
+        return None, ""
+    from studio.data.store import get_version
+    from studio.training.runs import get_run
+
+    prompt = get_version(ws, get_run(ws, ref).dataset_id).system_prompt  # a run's version cannot be deleted
+    if prompt:
+        return prompt, "System prompt set to the one this run was trained with."
+    return "", "System prompt cleared: this run was trained without one."
+
+
 def _settings(system: str, temperature: float, top_p: float, max_new: float, seed: float | None) -> chat.Settings:
     seed_value = None if seed is None or seed == "" or (isinstance(seed, float) and seed != seed) else int(seed)
     return chat.Settings(system_prompt=system or "", temperature=float(temperature), top_p=float(top_p),
@@ -190,11 +205,12 @@ def build(ws: Workspace) -> None:
     def pick(ref: str | None):
         try:
             names, left_default, right_default = model_choices(ws, ref)
+            prompt, why = trained_system_prompt(ws, ref)
             text = describe(ws, ref)
         except StudioError as exc:
             raise gr.Error(str(exc)) from exc
-        return (text, gr.Dropdown(choices=names, value=left_default), gr.Dropdown(choices=names, value=right_default),
-                {}, [], [])
+        return (f"{text} {why}".strip(), gr.Dropdown(choices=names, value=left_default),
+                gr.Dropdown(choices=names, value=right_default), gr.skip() if prompt is None else prompt, {}, [], [])
 
     def start_endpoint(ref: str | None):
         if not ref:
@@ -292,7 +308,8 @@ def build(ws: Workspace) -> None:
                 "holds it: pick it in the Train tab to train on it.")
 
     refresh.click(lambda: gr.Dropdown(choices=sources(ws)), None, source, api_name="chat_sources")
-    source.change(pick, [source], [status, left_model, right_model, target, left, right], api_name="chat_pick")
+    source.change(pick, [source], [status, left_model, right_model, system, target, left, right],
+                  api_name="chat_pick")
     start.click(start_endpoint, [source], [status, target], api_name="chat_start_endpoint")
     stop.click(stop_endpoint, [source], [status, target], api_name="chat_stop_endpoint")
     add.click(add_server, [url, key_env], [source, url], api_name="chat_add_server")
