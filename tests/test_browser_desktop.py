@@ -176,3 +176,24 @@ def test_a_tab_polls_only_while_it_is_shown(browser, studio):
     assert on_data, "the status strip did not refresh on the Data tab"
     assert on_runs - on_data, f"the Runs tab did not poll while shown: {on_runs} against the strip's {on_data}"
     assert on_chat <= on_data, f"the Runs tab still polls from the Chat tab: {on_chat - on_data}"
+
+
+def test_the_newest_dataset_version_is_picked_and_a_later_one_does_not_replace_it(browser, studio):
+    """A fresh page shows the newest saved version picked in the Train tab; one saved later does not replace
+    it while the Train tab's timer ticks (studio/ui/picks.py; the empty-list case is in test_training_ui)."""
+    from playwright.sync_api import expect
+
+    url, ws = studio
+    first = save_qa_dataset(ws, name="picked on load")
+    context = browser.new_context(viewport=LAPTOP)
+    page = context.new_page()
+    try:
+        page.goto(url)
+        train = open_tab(page, "Train")
+        picker = train.get_by_label("Dataset version", exact=True)
+        expect(picker).to_have_value(re.compile(first.id), timeout=30_000)
+        later = save_qa_dataset(ws, name="saved later")
+        page.wait_for_timeout(5_000)  # two ticks of the Train tab's timer
+        assert later.id != first.id and first.id in picker.input_value()
+    finally:
+        context.close()

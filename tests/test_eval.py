@@ -14,7 +14,16 @@ from studio.core.errors import InvalidInput
 from studio.evaluation.ab import ab_pairs, ab_tally, ab_vote
 from studio.evaluation.golden import golden_from_rows, golden_hash, read_golden
 from studio.evaluation.runner import compare, evaluate_run, get_evaluation, list_evaluations
-from studio.evaluation.scores import SCORES, exact_match, rouge_l, token_f1
+from studio.evaluation.scores import (
+    CLOSE_F1,
+    SCORES,
+    closer,
+    closer_counts,
+    closer_sentence,
+    exact_match,
+    rouge_l,
+    token_f1,
+)
 
 SAMPLE_GOLDEN = Path(__file__).resolve().parents[1] / "assets" / "samples" / "support_faq_golden.csv"
 
@@ -38,6 +47,51 @@ def test_rouge_l_uses_the_longest_common_subsequence():
     # LCS of "a b c d e f" and "a x c y e z" (no articles here) is "c e" plus nothing else... check by hand:
     # normalize drops "a"; pred = b c d e f, ref = x c y e z -> LCS = c e (2): P = 2/5, R = 2/5
     assert rouge_l("a b c d e f", "a x c y e z") == pytest.approx(0.4)
+
+
+def test_gibberish_on_both_sides_is_no_win_for_either_model():
+    """The newcomer's tiny model: base answers of F1 0.031 and 0.03 against the tuned model's 0 are not base
+    wins; a question both answer below CLOSE_F1 counts as "neither close", and the summary says so."""
+    from studio.evaluation.runner import Evaluation
+    from studio.ui.evaluate_tab import summary_markdown
+
+    assert CLOSE_F1 == 0.1
+    assert closer(0.0, 0.031) == "neither" and closer(0.12, 0.03) == "tuned" and closer(0.05, 0.2) == "base"
+    assert closer(0.5, 0.5) == "tie" and closer(0.0, 0.0) == "neither"
+
+    def item(tuned, base):
+        return {"tuned": {"token_f1": tuned}, "base": {"token_f1": base}}
+
+    items = [item(0.4, 0.0), item(0.3, 0.1), item(0.9, 0.2), item(0.0, 0.031), item(0.0, 0.03)]
+    better = closer_counts(items)
+    assert better == {"tuned": 3, "base": 0, "tie": 0, "neither": 2} and sum(better.values()) == len(items)
+    sentence = closer_sentence(better, "the tuned model", "the base model")
+    assert sentence == ("The tuned model answered closer to your answer on 3 questions, the base model on 0, "
+                        "equally on 0; on 2 neither answer was close to yours (token F1 below 0.1 for both).")
+    # a summary stored before "neither" existed reads as it did
+    assert closer_sentence({"tuned": 1, "base": 2, "tie": 0}, "the new run", "the old run").endswith("equally on 0.")
+    ev = Evaluation(id="ev-1", run_id="r", golden_set="faq", golden_hash="h", kind="golden", created_at="t",
+                    summary={"questions": 5, "better_f1": better}, path=".")
+    md = summary_markdown(ev)
+    assert "answered closer to your answer on **3** questions, the base model on **0**" in md
+    assert "on **2** neither answer was close to yours" in md
+
+
+def test_every_table_header_word_fits_its_column_at_1366_px():
+    """The "All runs" table at laptop width: each column holds its header's longest word ("A/B tun" was cut)."""
+    from studio.ui.evaluate_tab import COMPARE_COLUMNS, COMPARE_WIDTHS, RESULT_WIDTHS
+
+    def fits(headers, widths):
+        assert len(headers) == len(widths) and sum(int(w[:-1]) for w in widths) == 100
+        table_px = 1300  # a 1366 px window less the page's margins
+        return [h for h, w in zip(headers, widths, strict=True)
+                if 8 * max(len(word) for word in h.split()) + 16 > int(w[:-1]) * table_px / 100]
+
+    assert fits(list(COMPARE_COLUMNS.values()), COMPARE_WIDTHS) == []
+    results = ["question", "your answer", "base answer", "base F1", "tuned answer", "tuned F1", "tuned ROUGE-L",
+               "tuned exact"]
+    assert fits(results, RESULT_WIDTHS) == []
+    assert fits(["n", "A/B tuned"], ["97%", "3%"]) == ["A/B tuned"]  # the check catches the old width
 
 
 def test_golden_set_from_the_sample_file_and_from_a_table(tmp_path):

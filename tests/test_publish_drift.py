@@ -55,7 +55,30 @@ def test_same_weights_are_held_to_exact_replies_and_show_no_drift(server):
     result = verify(Served(url=server.url), ref)
     assert result["verdict"] == "passed" and result["same_weights"] and result["rule"].startswith("exact")
     assert result["drift"]["identical"] == 1 and result["drift"]["items"][0]["first_difference"] is None
-    assert "Drift from Chat: none" in result["summary"]
+    summary = result["summary"]  # what was checked, and what not: the serving, not the answers' quality
+    assert "The served model answers exactly as the studio's model does: all 1 replies are the same" in summary
+    assert "not the answers' quality: the Evaluate tab scores the answers against yours" in summary
+    # what the drift compared: the studio's own model's replies to these prompts, not the expert's chats
+    assert ("Drift from the Chat model: none — all 1 replies are word for word the replies the studio's own "
+            "model (float32, as the Chat tab runs it) gives to these same prompts, recorded at export (not the "
+            "replies in your Chat conversations).") in summary
+
+
+def test_a_pass_with_nothing_differing_shows_no_empty_why_column(server):
+    """An empty "Why" column is squeezed until its header breaks ("Wh y"): it is left out when nothing differs."""
+    from studio.publishing import deployments
+    from studio.ui.publish_tab import verification_markdown
+
+    ref = reference("Where do refunds go?")
+    ref["dtype"] = ref["chat_precision"] = "float32"
+    for p in ref["prompts"]:
+        p["chat"] = dict(p["tuned"])
+    dep = deployments.Deployment(id="dep-x", run_id="r", target="local", slot="local:x", status="healthy",
+                                 created_at="t", verification=verify(Served(url=server.url), ref))
+    md = verification_markdown(dep)
+    assert "✅ **healthy** · verification **passed**" in md and "not the answers' quality" in md
+    assert "| | Question | Studio model | Published model | Drift from the Chat model |" in md
+    assert "Why" not in md and md.rstrip().endswith("| none |")
 
 
 def test_across_precisions_a_small_drift_passes_and_is_reported(server):
@@ -91,7 +114,8 @@ def test_the_publish_tab_shows_the_rule_the_golden_set_and_the_drift(server):
     md = verification_markdown(dep)
     assert "golden set **support golden set**" in md and "with the dataset's system prompt" in md
     assert "Pass rule — across precisions (Chat: nf4-4bit+bfloat16, export: bfloat16)" in md
-    assert "Drift from Chat" in md and "| 91% the same; differs from token 4 |" in md
+    assert "| Drift from the Chat model |" in md and "| 91% the same; differs from token 4 |" in md
+    assert "identical to the replies the model as the Chat tab runs it (nf4-4bit+bfloat16) gives" in md
 
 
 @pytest.mark.slow

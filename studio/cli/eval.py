@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from studio.cli import Output
+from studio.evaluation.scores import CLOSE_F1
 
 
 def register(verbs, common) -> None:
@@ -64,7 +65,8 @@ def _scores(summary: dict) -> str:
                      f"{s.get('rouge_l', 0):<8.3f} {s.get('loss', '-')!s:<7} {s.get('perplexity', '-')}")
     better = summary.get("better_f1", {})
     lines.append(f"tuned better on {better.get('tuned', 0)}, base better on {better.get('base', 0)}, "
-                 f"tie on {better.get('tie', 0)} of {summary.get('questions')} questions (token F1)")
+                 f"tie on {better.get('tie', 0)}, neither close (F1 < {CLOSE_F1}) on {better.get('neither', 0)} "
+                 f"of {summary.get('questions')} questions (token F1)")
     if summary.get("ab"):
         ab = summary["ab"]
         lines.append(f"blind votes: tuned {ab['tuned']}, base {ab['base']}, tie {ab['tie']} "

@@ -172,7 +172,7 @@ def get_version(ws: Workspace, dataset_id: str) -> DatasetVersion:
 
 def list_versions(ws: Workspace) -> list[DatasetVersion]:
     with ws.db() as db:
-        rows = list(db["datasets"].rows_where(order_by="created_at desc"))
+        rows = list(db["datasets"].rows_where(order_by="created_at desc, rowid desc"))  # same second: later first
     return [DatasetVersion.from_row(r) for r in rows]
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -26,7 +25,7 @@ from studio.core.db import now
 from studio.core.errors import Conflict, InvalidInput, NotFound
 from studio.core.files import new_folder
 from studio.evaluation.golden import GoldenItem, golden_hash, heldout_items
-from studio.evaluation.scores import SCORES, score
+from studio.evaluation.scores import SCORES, closer_counts, score
 
 if TYPE_CHECKING:
     from studio.core.workspace import Workspace
@@ -204,9 +203,7 @@ def _summarize(items: list[dict], loss: dict[str, Any], max_new_tokens: int) -> 
     for which in MODELS:
         summary[which] = {s: round(sum(i[which][s] for i in items) / len(items), 4) for s in SCORES}
         summary[which].update(loss.get(which, {}))
-    wins = Counter("tuned" if i["tuned"]["token_f1"] > i["base"]["token_f1"] else
-                   "base" if i["base"]["token_f1"] > i["tuned"]["token_f1"] else "tie" for i in items)
-    summary["better_f1"] = {k: wins.get(k, 0) for k in ("tuned", "base", "tie")}
+    summary["better_f1"] = closer_counts(items)  # a question both answer badly counts for neither
     return summary
 
 

@@ -7,6 +7,10 @@ import string
 from collections import Counter
 
 SCORES = ("exact_match", "token_f1", "rouge_l")
+# Below this token F1 an answer shares next to no words with the reference (a 20-word reference and a
+# 20-word answer with one word in common score 0.05): when both answers are below it, neither "won".
+CLOSE_F1 = 0.1
+CLOSER = ("tuned", "base", "tie", "neither")
 
 
 def normalize(text: str) -> list[str]:
@@ -53,3 +57,30 @@ def rouge_l(prediction: str, reference: str) -> float:
 def score(prediction: str, reference: str) -> dict[str, float]:
     return {"exact_match": exact_match(prediction, reference), "token_f1": token_f1(prediction, reference),
             "rouge_l": rouge_l(prediction, reference)}
+
+
+def closer(tuned_f1: float, base_f1: float) -> str:
+    """Which answer is closer to the reference by token F1: "tuned", "base", "tie", or "neither" when both
+    are below CLOSE_F1 (gibberish at 0.03 against 0.0 is no win)."""
+    if tuned_f1 < CLOSE_F1 and base_f1 < CLOSE_F1:
+        return "neither"
+    return "tuned" if tuned_f1 > base_f1 else "base" if base_f1 > tuned_f1 else "tie"
+
+
+def closer_counts(items: list[dict]) -> dict[str, int]:
+    """Per outcome of closer(), how many scored items (each with "tuned" and "base" scores) had it."""
+    wins = Counter(closer(i["tuned"]["token_f1"], i["base"]["token_f1"]) for i in items)
+    return {k: wins.get(k, 0) for k in CLOSER}
+
+
+def closer_sentence(better: dict[str, int], new: str, old: str, bold: bool = False) -> str:
+    """closer_counts() in words: "The tuned model answered closer to your answer on 3 questions, the base
+    model on 0, equally on 0; on 2 neither answer was close to yours (token F1 below 0.1 for both)."
+    Summaries stored before "neither" existed have no such key: it reads as 0."""
+    b = (lambda n: f"**{n}**") if bold else str
+    text = (f"{new[0].upper()}{new[1:]} answered closer to your answer on {b(better.get('tuned', 0))} questions, "
+            f"{old} on {b(better.get('base', 0))}, equally on {better.get('tie', 0)}")
+    if better.get("neither"):
+        text += (f"; on {b(better['neither'])} neither answer was close to yours (token F1 below {CLOSE_F1} "
+                 "for both)")
+    return text + "."

@@ -25,6 +25,7 @@ from studio.evaluation.runner import (
     get_evaluation,
     list_evaluations,
 )
+from studio.evaluation.scores import CLOSE_F1
 
 if TYPE_CHECKING:
     from studio.core.workspace import Workspace
@@ -167,6 +168,7 @@ def versus_text(evaluation: Evaluation) -> str:
                      f"{m.get('rouge_l', 0):.3f}")
     better = s.get("better_f1", {})
     lines.append(f"closer to the reference (token F1): new run on {better.get('tuned', 0)}, old run on "
-                 f"{better.get('base', 0)}, tie on {better.get('tie', 0)} of {s.get('questions')} questions")
+                 f"{better.get('base', 0)}, tie on {better.get('tie', 0)}, neither close (F1 < {CLOSE_F1}) on "
+                 f"{better.get('neither', 0)} of {s.get('questions')} questions")
     lines.append(f"blind A/B: {win_rate(s)['text']} (vote: studio eval ab {evaluation.id})")
     return "\n".join(lines)

@@ -46,9 +46,19 @@ def same_weights(reference: dict[str, Any]) -> bool:
 def rule_text(reference: dict[str, Any]) -> str:
     chat, export = reference.get("chat_precision") or reference.get("dtype"), reference.get("dtype")
     if same_weights(reference):
-        return f"exact: the served weights are the ones chatted with ({export}), so every reply must be the same"
+        return f"exact: the served weights are the ones the Chat tab runs ({export}), so every reply must be the same"
     return (f"across precisions (Chat: {chat}, export: {export}): the served model must answer exactly like the "
             f"export's weights, and {DRIFT_TOLERANCE}")
+
+
+def compared_with(reference: dict[str, Any]) -> str:
+    """What the drift is measured against, truthfully: the replies export_worker.record_chat_replies records,
+    at export time, from the model as the Chat tab runs it, to these same prompts; not the expert's chats."""
+    chat = reference.get("chat_precision") or reference.get("dtype") or "its precision"
+    model = (f"the studio's own model ({chat}, as the Chat tab runs it)" if same_weights(reference)
+             else f"the model as the Chat tab runs it ({chat})")
+    return (f"the replies {model} gives to these same prompts, recorded at export (not the replies in your "
+            "Chat conversations)")
 
 
 def drift_report(pairs: list[tuple[list[int], list[int], bool]]) -> dict[str, Any]:
@@ -74,13 +84,15 @@ def drift_report(pairs: list[tuple[list[int], list[int], bool]]) -> dict[str, An
 def describe(report: dict[str, Any]) -> str:
     """One line for the summary and the Publish tab."""
     if not report.get("prompts"):
-        return "Drift from Chat: nothing to compare."
+        return "Drift from the Chat model: nothing to compare."
     unit = report.get("unit", "tokens").removesuffix("s")
+    against = report.get("compared") or "the Chat model's replies to these prompts"
     if report["identical"] == report["prompts"]:
-        return f"Drift from Chat: none — all {report['prompts']} replies are {unit} for {unit} the ones chatted with."
-    return (f"Drift from Chat: {report['identical']} of {report['prompts']} replies identical; mean {unit} "
-            f"agreement {report['mean_agreement']:.2f} (lowest {report['min_agreement']:.2f}); the earliest "
-            f"difference at {unit} {report['first_difference']}.")
+        return (f"Drift from the Chat model: none — all {report['prompts']} replies are {unit} for {unit} "
+                f"{against}.")
+    return (f"Drift from the Chat model: {report['identical']} of {report['prompts']} replies identical to "
+            f"{against}; mean {unit} agreement {report['mean_agreement']:.2f} (lowest "
+            f"{report['min_agreement']:.2f}); the earliest difference at {unit} {report['first_difference']}.")
 
 
 def _without_eos(ids: list[int], eos: list[int]) -> list[int]:
@@ -121,6 +133,7 @@ def attach_drift(result: dict[str, Any], reference: dict[str, Any], tokenizer_di
     report = drift_report(pairs)
     for item, one in zip(result["items"], report["items"], strict=False):
         item["drift"] = one
+    report["compared"] = compared_with(reference)
     report["unit"] = "tokens" if tokenize is not None or all((i.get("token_ids") or {}).get("endpoint") is not None
                                                              for i in result["items"]) else "words"
     exact = same_weights(reference)

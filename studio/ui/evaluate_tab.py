@@ -15,9 +15,11 @@ from studio.core.workspace import Workspace
 from studio.evaluation.ab import ab_pairs, ab_tally, ab_vote
 from studio.evaluation.golden import golden_from_rows, read_golden
 from studio.evaluation.runner import Evaluation, compare, evaluate_run, get_evaluation, list_evaluations
+from studio.evaluation.scores import closer_sentence
 from studio.evaluation.versus import KIND, evaluate_versus, parent_of, win_rate
 from studio.ui.chat_tab import export_markdown
 from studio.ui.guide import guide
+from studio.ui.picks import keep_or_newest
 
 SAMPLE = SAMPLES / "support_faq_golden.csv"
 GUIDE = """### Is the tuned model better than before, on your questions?
@@ -56,8 +58,7 @@ def versus_markdown(ev: Evaluation) -> str:
     better = s.get("better_f1", {})
     return (f"**{ev.id}** — did it help? *{ev.golden_set}* ({s.get('questions')} questions; golden set "
             f"`{ev.golden_hash}`)\n\n" + "\n".join(rows) +
-            f"\n\nThe new run answered closer to your answer on **{better.get('tuned', 0)}** questions, the run it "
-            f"started from on **{better.get('base', 0)}**, equally on {better.get('tie', 0)}.\n\n"
+            f"\n\n{closer_sentence(better, 'the new run', 'the run it started from', bold=True)}\n\n"
             f"Blind A/B: **{win_rate(s)['text']}**. Vote below (Blind A/B) on evaluation `{ev.id}`.")
 
 
@@ -73,8 +74,7 @@ def summary_markdown(ev: Evaluation) -> str:
     better = s.get("better_f1", {})
     text = (f"**{ev.id}** — run `{ev.run_id}` on *{ev.golden_set}* ({s.get('questions')} questions; "
             f"golden set `{ev.golden_hash}`)\n\n" + "\n".join(rows) +
-            f"\n\nThe tuned model answered closer to your answer on **{better.get('tuned', 0)}** questions, the "
-            f"base model on **{better.get('base', 0)}**, equally on {better.get('tie', 0)}.")
+            f"\n\n{closer_sentence(better, 'the tuned model', 'the base model', bold=True)}")
     if s.get("heldout_rows"):
         text += f" Loss measured on {s['heldout_rows']} held-out rows ({s['heldout_tokens']} answer tokens)."
     if s.get("ab"):
@@ -101,7 +101,9 @@ COMPARE_COLUMNS = {  # compare()'s key -> header
     "base rouge_l": "ROUGE-L base", "tuned exact_match": "exact tuned", "tuned loss": "loss tuned",
     "base loss": "loss base", "A/B votes for tuned": "A/B tuned",
 }
-COMPARE_WIDTHS = ["15%", "17%", "10%", "9%", "4%", "6%", "6%", "7%", "7%", "6%", "5%", "5%", "3%"]
+# at 1366 px the table is ~1300 px wide, 1% ~ 13 px: a column needs its header's longest word (~8 px a letter)
+# plus ~16 px of padding, so "tuned" needs 5%, "A/B tuned" (cut to "A/B tun" at 3%) 6%
+COMPARE_WIDTHS = ["13%", "16%", "10%", "9%", "4%", "6%", "6%", "7%", "7%", "6%", "5%", "5%", "6%"]
 RESULT_WIDTHS = ["17%", "17%", "20%", "6%", "20%", "6%", "8%", "6%"]
 NUMBER = "{:.3f}"
 
@@ -192,6 +194,10 @@ def build(ws: Workspace) -> None:
             ab_export = gr.Button("Make a preference dataset from the votes", scale=1)
         ab_export_status = gr.Markdown(elem_id="eval-feedback-export")
 
+    def listed_runs(current: str | None = None) -> gr.Dropdown:
+        choices = finished_runs(ws)
+        return gr.Dropdown(choices=choices, value=keep_or_newest(choices, current))
+
     def load_sample():
         return pd.DataFrame([[i.question, i.reference] for i in read_golden(SAMPLE)],
                             columns=["question", "reference answer"])
@@ -272,9 +278,9 @@ def build(ws: Workspace) -> None:
             return {"eval": state["eval"], "index": index}, *_pair_view(pairs, index, get_evaluation(ws, state["eval"]))
         return handler
 
-    refresh.click(lambda: (gr.Dropdown(choices=finished_runs(ws)), gr.Dropdown(choices=evaluations(ws)),
-                           gr.Dropdown(choices=evaluations(ws)), gr.Dropdown(choices=finished_runs(ws))), None,
-                  [run, past, ab_eval, against], api_name="eval_refresh")
+    refresh.click(lambda current: (listed_runs(current), gr.Dropdown(choices=evaluations(ws)),
+                                   gr.Dropdown(choices=evaluations(ws)), gr.Dropdown(choices=finished_runs(ws))),
+                  [run], [run, past, ab_eval, against], api_name="eval_refresh")
     sample.click(load_sample, None, table, api_name="eval_sample")
     upload.upload(load_upload, [upload], table, api_name="eval_upload")
     go.click(run_evaluation, [run, source, table, max_new, heldout_rows], [summary, results, compared, past, ab_eval],
@@ -290,9 +296,10 @@ def build(ws: Workspace) -> None:
     vote_b.click(ab_cast("b"), [ab_state], ab_outputs, api_name="eval_ab_vote_b")
     vote_tie.click(ab_cast("tie"), [ab_state], ab_outputs, api_name="eval_ab_vote_tie")
     # runs that finished since the studio started: listed on a fresh page and whenever the list is opened
-    run.attach_load_event(lambda: gr.Dropdown(choices=finished_runs(ws)), None)
-    run.focus(lambda: gr.Dropdown(choices=finished_runs(ws)), None, run, show_progress="hidden",
-              api_visibility="private")
+    # the newest run is picked on a fresh page and when the list is refreshed or opened with nothing picked;
+    # "Compare with run" stays empty (empty means the run it was continued from)
+    run.attach_load_event(lambda: listed_runs(None), None)
+    run.focus(listed_runs, run, run, show_progress="hidden", api_visibility="private")
     against.focus(lambda: gr.Dropdown(choices=finished_runs(ws)), None, against, show_progress="hidden",
                   api_visibility="private")
     for listing in (past, ab_eval):

@@ -19,6 +19,7 @@ from studio.publishing.source import publishable_runs
 from studio.publishing.targets import target_classes
 from studio.publishing.verify import CAUSE_TEXT
 from studio.ui.guide import guide
+from studio.ui.picks import keep_or_newest
 
 GUIDE = """### Publish a tuned model
 1. Choose a **finished run** and **where** it should answer: this machine (the default, no Docker needed),
@@ -112,18 +113,19 @@ def verification_markdown(dep: deployments.Deployment) -> str:
     lines = [f"{head} **{dep.status}** · verification **{verdict}** — {v.get('summary', 'not verified yet')}", ""]
     lines += _drift_lines(v)
     items = v.get("items") or []
-    if items:
-        lines += ["| | Question | Studio model | Published model | Why | Drift from Chat |",
-                  "|---|---|---|---|---|---|"]
-        for item in items:
-            why = CAUSE_TEXT.get(item.get("cause") or "", "") if not item["match"] or item.get("cause") else ""
+    whys = [CAUSE_TEXT.get(i.get("cause") or "", "") if not i["match"] or i.get("cause") else "" for i in items]
+    if items:  # the "Why it differs" column only when a reply differs: empty, it is squeezed to nothing
+        lines += ["| | Question | Studio model | Published model |" + (" Why it differs |" if any(whys) else "")
+                  + " Drift from the Chat model |", "|---|---|---|---|" + ("---|" if any(whys) else "") + "---|"]
+        for item, why in zip(items, whys, strict=True):
             cell = (item.get("diff") or item["endpoint"]) if not item["match"] else item["endpoint"]
             drift = item.get("drift") or {}
             moved = ("none" if drift.get("first_difference") is None else f"{drift['agreement']:.0%} the same; "
                      f"differs from token {drift['first_difference']}") if drift else ""
             lines.append(f"| {'=' if item['match'] else '≠'} | {_cell(item['prompt'])} | "
                          f"{_cell(item['studio'])} ({item['studio_finish']}) | {_cell(cell)} "
-                         f"({item['endpoint_finish']}) | {_cell(why)} | {moved} |")
+                         f"({item['endpoint_finish']}) |" + (f" {_cell(why)} |" if any(whys) else "")
+                         + f" {moved} |")
     return "\n".join(lines)
 
 
@@ -215,15 +217,19 @@ def build(ws: Workspace) -> None:
         verify_btn = gr.Button("Re-verify")
         rollback_btn = gr.Button("Roll back to the previous version", variant="stop")
 
+    def listed_runs(current: str | None = None):
+        choices = publishable_runs(ws)
+        return gr.update(choices=choices, value=keep_or_newest(choices, current))
+
     def on_target(kind):
         return [gr.update(visible=k == kind) for k in groups] + [classes[kind].help]
 
     target.change(on_target, target, [*groups.values(), target_help], api_visibility="private")
-    refresh_runs.click(lambda: gr.update(choices=publishable_runs(ws)), None, run, api_visibility="private")
-    # runs that finished since the studio started: listed on a fresh page and whenever the list is opened
-    run.attach_load_event(lambda: gr.update(choices=publishable_runs(ws)), None)
-    run.focus(lambda: gr.update(choices=publishable_runs(ws)), None, run, show_progress="hidden",
-              api_visibility="private")
+    refresh_runs.click(listed_runs, run, run, api_visibility="private")
+    # runs that finished since the studio started: listed on a fresh page and whenever the list is opened; the
+    # newest is picked while nothing (or a run no longer listed) is, a run the expert picked stays
+    run.attach_load_event(lambda: listed_runs(None), None)
+    run.focus(listed_runs, run, run, show_progress="hidden", api_visibility="private")
 
     def on_preview(run_id, kind, *values):
         if not run_id:

@@ -21,6 +21,7 @@ from studio.training.config import PRESET_FIELDS, TrainConfig, field_help
 from studio.training.fitcheck import FitEstimate, duration
 from studio.training.presets import DEFAULT_PRESET, build_config, load_preset, preset_names
 from studio.ui.guide import guide
+from studio.ui.picks import fill_if_empty, keep_or_newest
 from studio.ui.runs_tab import POLL_S, default_run, poll_view, run_page
 
 GUIDE = """### Fine-tune a model on your data
@@ -39,6 +40,18 @@ def _fail(exc: StudioError):
 
 def dataset_choices(ws: Workspace) -> list[tuple[str, str]]:
     return [(f"{v.name} · {v.id} · {v.rows_train} training rows", v.id) for v in list_versions(ws)]
+
+
+def listed_datasets(ws: Workspace, current: str | None = None) -> gr.Dropdown:
+    choices = dataset_choices(ws)
+    return gr.Dropdown(choices=choices, value=keep_or_newest(choices, current))
+
+
+def fill_datasets(ws: Workspace, current: str | None):
+    """The newest version into an empty list (saved since the page loaded); otherwise nothing is sent."""
+    choices = dataset_choices(ws) if not current else []
+    newest = fill_if_empty(choices, current)
+    return gr.skip() if newest is None else gr.Dropdown(choices=choices, value=newest)
 
 
 def model_choices() -> list[str]:
@@ -259,7 +272,7 @@ def build(ws: Workspace) -> dict:
     page = run_page("train-run")
     timer = gr.Timer(POLL_S, active=False)  # ticks while this tab is shown (studio/ui/app.py)
 
-    refresh.click(lambda: gr.Dropdown(choices=dataset_choices(ws)), None, dataset, api_name="train_datasets")
+    refresh.click(lambda current: listed_datasets(ws, current), dataset, dataset, api_name="train_datasets")
     model.change(model_info, model, about_model)
     preset.change(lambda p: (preset_text(p), *preset_values(p)), preset, [about_preset, *controls],
                   api_name="train_preset")
@@ -280,8 +293,13 @@ def build(ws: Workspace) -> dict:
     shown = gr.State(None)  # the finished run whose page this browser already shows
     timer.tick(lambda run_id, key: poll_view(ws, run_id or default_run(ws), key, len(page)), [current, shown],
                [*page, shown], show_progress="hidden")
-    dataset.attach_load_event(lambda: gr.Dropdown(choices=dataset_choices(ws)), None)
+    # the newest version is picked on a fresh page, and when the list is refreshed or opened while nothing
+    # (or a deleted version) is picked; a version the expert picked stays
+    dataset.attach_load_event(lambda: listed_datasets(ws), None)
     # versions saved in the Data tab since the page loaded appear as soon as the list is opened
-    dataset.focus(lambda: gr.Dropdown(choices=dataset_choices(ws)), None, dataset, show_progress="hidden",
+    dataset.focus(lambda current: listed_datasets(ws, current), dataset, dataset, show_progress="hidden",
                   api_visibility="private")
+    # ... and, while the Train tab is shown, a version saved since the page loaded fills an empty list
+    timer.tick(lambda current: fill_datasets(ws, current), dataset, dataset, show_progress="hidden",
+               api_visibility="private")
     return {"timer": timer}
