@@ -81,9 +81,13 @@ def test_a_bad_file_comes_back_as_its_message(studio, tmp_path):
 
     bad = tmp_path / "notes.csv"
     bad.write_text("")
-    with pytest.raises(Exception, match=r"'notes.csv' is empty \(0 bytes\)\. Export the spreadsheet again"):
-        studio("/data_inspect", **{"1. Your spreadsheet (CSV, TSV, XLSX, JSONL, JSON or Parquet)":
-                                   handle_file(str(bad))})
+    # the page shows it next to the file (not a toast), so the API returns it as that text, marked ❌
+    found = studio("/data_inspect", **{"1. Your spreadsheet (CSV, TSV, XLSX, JSONL, JSON or Parquet)":
+                                       handle_file(str(bad))})
+    info = found["#0"]
+    assert info.startswith("❌") and "'notes.csv' is empty (0 bytes).** Export the spreadsheet again" in info
+    with pytest.raises(Exception, match=r"could not be read: 'notes.csv' is empty \(0 bytes\)"):
+        studio("/data_save", **{"Version name": "empty"})
 
 
 def test_import_check_save_then_start_follow_and_cancel_a_run(studio):
@@ -132,6 +136,33 @@ def poll(studio, run_id: str, statuses: str, timeout_s: float = 300) -> dict:
         if re.search(rf"\*\*({statuses})\*\*", page["#1"]) or time.monotonic() > deadline:
             return page
         time.sleep(0.5)
+
+
+def test_a_run_newer_than_the_session_is_picked_after_a_tick(studio, trained_run):
+    """A page opened before a run existed (its own session), the run started elsewhere: its dropdown turned it
+    down ('Value: run-… is not in the list of choices'); the timer's tick now sends the current list, so
+    picking the run shows it (Cancel and Resume stay endpoints as before)."""
+    from gradio_client import Client
+
+    from studio.training import runs, scheduler, submit
+
+    ws = trained_run.ws
+    page = Studio(Client(studio.client.src, verbose=False, download_files=False), ws)
+    page("/runs_poll", Run=trained_run.run_id)
+    run = submit.rerun(ws, trained_run.run_id)
+    try:
+        run = scheduler.cancel(ws, run.id, wait=60)
+        with pytest.raises(Exception, match="is not in the list of choices"):
+            page("/runs_show", Run=run.id)  # the bug's cause: the session still has the old list
+        page("/runs_poll", Run=trained_run.run_id)
+        assert run.id in choices(page.updates["Run"]) and "value" not in page.updates["Run"]
+        shown = page("/runs_show", Run=run.id)
+        assert f"`{run.id}`" in shown["#0"] and "**cancelled**" in shown["#0"], shown["#0"]
+        assert "queued again" in page("/runs_resume", Run=run.id)["#0"]  # the endpoint as before
+    finally:
+        if runs.get_run(ws, run.id).status in runs.ACTIVE:
+            scheduler.cancel(ws, run.id, wait=60)
+        runs.delete(ws, run.id)
 
 
 def test_evaluate_publish_and_chat_with_a_trained_run_by_api(studio, trained_run):

@@ -28,6 +28,10 @@ def test_the_run_succeeded_and_its_loss_fell(trained_run):
     evals = [e["eval_loss"] for e in curves["evals"]]
     assert len(evals) == STEPS // 20 and evals[-1] < evals[0]
     assert run.loss == pytest.approx(losses[-1]) and run.eval_loss == pytest.approx(evals[-1])
+    # the Runs tab reads the curves in words, as `studio runs show` does
+    from studio.ui.runs_tab import run_view
+
+    assert summary.learning_verdict(curves) in run_view(trained_run.ws, trained_run.run_id)[0]
 
 
 def test_events_carry_every_progress_field(trained_run):

@@ -81,7 +81,9 @@ def test_runs_tab_actions_on_a_queued_run(ws, dataset):
     assert "from the start" in runs_tab.resume_run(ws, run_id)
     said, new_id = runs_tab.rerun_run(ws, run_id)
     assert new_id != run_id and new_id in said
-    assert runs_tab.run_command(ws, run_id).startswith(f"studio train --data {dataset.id} --model demo-tiny")
+    # the test's workspace is not the default one: the line names it, so it works in a new terminal
+    assert runs_tab.run_command(ws, run_id).startswith(
+        f"studio train --home {ws.home} --data {dataset.id} --model demo-tiny")
     scheduler.cancel(ws, run_id)
     with pytest.raises(gr.Error, match="Tick"):
         runs_tab.delete_run(ws, run_id, False)
@@ -107,3 +109,56 @@ def test_a_finished_runs_page_is_sent_once_not_every_tick(trained_run):
     again = runs_tab.poll_view(trained_run.ws, trained_run.run_id, key, n)
     assert again[-1] == key and all(isinstance(v, type(gr.skip())) for v in again[:-1])
     assert runs_tab.finished_key(trained_run.ws, None) is None
+
+
+def _skipped(update) -> bool:
+    return isinstance(update, type(gr.skip()))
+
+
+def test_a_run_newer_than_the_page_is_picked_from_the_table_without_error(ws, dataset):
+    """The Run dropdown of a page opened before the run existed: a click on the run's row (the timer put it in
+    the table) sends the current choices with it, so the dropdown accepts it (it used to answer 'Value: run-…
+    is not in the list of choices: []'); the timer keeps the list current and lets a deleted run go."""
+    page_opened = gr.Dropdown(label="Run", choices=runs_tab.run_choices(ws), value=None)
+    _, run_id = train_tab.start(ws, dataset.id, "demo-tiny", "quick-test", "", False, *_values())
+    table = runs_tab.runs_table(ws)
+    with pytest.raises(gr.Error, match="is not in the list of choices"):
+        page_opened.preprocess(run_id)
+    picked = runs_tab.pick_row(ws, table, gr.SelectData(None, {"index": [0, 2], "value": "queued"}))
+    assert picked.value == run_id and gr.Dropdown(choices=picked.choices).preprocess(run_id) == run_id
+
+    n = len(runs_tab.run_page())
+    first = runs_tab.tick(ws, run_id, None, None, n)  # the first tick after the click
+    picker, cancel, resume, listed = first[-4:]
+    assert [v for _, v in picker.choices] == [run_id] and "value" not in picker.constructor_args
+    assert (cancel.interactive, resume.interactive) == (True, False)  # queued: cancel, not resume
+    again = runs_tab.tick(ws, run_id, None, listed, n)
+    assert _skipped(again[-4]) and "queued" in again[1]  # same list: the dropdown is left as the user set it
+
+    scheduler.cancel(ws, run_id)
+    picker, cancel, resume, listed = runs_tab.tick(ws, run_id, None, listed, n)[-4:]
+    assert "cancelled" in picker.choices[0][0] and (cancel.interactive, resume.interactive) == (False, True)
+    runs.delete(ws, run_id)
+    ended = runs_tab.tick(ws, run_id, None, listed, n)
+    assert ended[-4].choices == [] and ended[-4].value is None and "No run selected" in ended[1]
+    assert (ended[-3].interactive, ended[-2].interactive) == (False, False)
+
+
+def test_the_dataset_list_picks_the_newest_version_but_never_overrides_a_pick(ws):
+    """A fresh page, a refresh or an opened list shows the newest version picked while nothing (or a deleted
+    version) is; a version saved since the page loaded fills an empty list on the tab's tick; a pick stays."""
+    from studio.ui.picks import fill_if_empty, keep_or_newest
+
+    assert keep_or_newest([]) is None and fill_if_empty([], None) is None
+    assert keep_or_newest([("new", "b"), ("old", "a")], "a") == "a"  # the expert's pick stays
+    assert keep_or_newest([("new", "b"), ("old", "a")], "gone") == "b"  # a deleted pick gives way to the newest
+    assert fill_if_empty([("new", "b")], "a") is None and fill_if_empty([("new", "b")], "") == "b"
+
+    assert train_tab.listed_datasets(ws).value is None and _skipped(train_tab.fill_datasets(ws, None))
+    older = save_qa_dataset(ws, name="older")
+    newer = save_qa_dataset(ws, name="newer")  # saved since the page loaded, the list still empty
+    filled = train_tab.fill_datasets(ws, None)
+    assert filled.value == newer.id and [v for _, v in filled.choices] == [newer.id, older.id]
+    assert _skipped(train_tab.fill_datasets(ws, older.id))  # picked: the tick sends nothing
+    assert train_tab.listed_datasets(ws).value == newer.id  # page load
+    assert train_tab.listed_datasets(ws, older.id).value == older.id  # refresh / open with a pick

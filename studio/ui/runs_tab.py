@@ -16,6 +16,7 @@ from studio.core.workspace import Workspace
 from studio.training import runs, scheduler, submit, summary
 from studio.training.folder import TERMINAL_STATES
 from studio.training.lineage import lineage_text
+from studio.training.runs import ACTIVE
 from studio.ui import compare_view
 
 POLL_S = 2.0
@@ -103,6 +104,9 @@ def status_markdown(ws: Workspace, run: runs.Run, curves: dict) -> str:
                      f"{last['reward_chosen']:+.3f}, rejected {last['reward_rejected']:+.3f})"
                      + (f" · prefers the chosen answer {first['reward_accuracy']:.0%} → "
                         f"**{last['reward_accuracy']:.0%}**" if last.get("reward_accuracy") is not None else ""))
+    verdict = summary.learning_verdict(curves)  # what the two loss curves below say, in words
+    if verdict:
+        lines.append(verdict)
     for note in ([run.notice] if run.notice else []) + curves["notices"]:
         lines.append(f"> ℹ️ {note}")
     if run.error:
@@ -136,7 +140,7 @@ def run_view(ws: Workspace, run_id: str | None):
     """Everything the run page shows, in the order of its outputs."""
     if not run_id:
         empty = pd.DataFrame(columns=["step", "loss", "curve"])
-        return ("No run selected. Start one in the Train tab.", "", empty,
+        return ("No run selected: pick one in the list, or start one with *Start training*.", "", empty,
                 pd.DataFrame(columns=["step", "learning rate"]), "", {}, {})
     scheduler.reconcile(ws)
     try:
@@ -181,6 +185,39 @@ def poll_view(ws: Workspace, run_id: str | None, shown: tuple | None, outputs: i
     return (*live_view(ws, run_id), key)
 
 
+def action_buttons(ws: Workspace, run_id: str | None) -> tuple[gr.Button, gr.Button]:
+    """Cancel and Resume as the chosen run allows: Cancel while it is queued or running, Resume once it failed
+    or was cancelled (runs.resume); a button that could only answer with an error is not clickable."""
+    status = None
+    if run_id:
+        try:
+            status = runs.get_run(ws, run_id).status
+        except StudioError:
+            status = None
+    return gr.Button(interactive=status in ACTIVE), gr.Button(interactive=status in ("failed", "cancelled"))
+
+
+def pick_row(ws: Workspace, frame: pd.DataFrame, evt: gr.SelectData) -> gr.Dropdown:
+    """A click on a row of the table picks its run. The dropdown only accepts the choices it was last given in
+    this browser, and the run may be newer than those: the current list goes with the value."""
+    row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
+    return gr.Dropdown(choices=run_choices(ws), value=frame.iloc[row]["run"])
+
+
+def tick(ws: Workspace, run_id: str | None, shown: tuple | None, listed: list | None, outputs: int):
+    """The timer's update: the table, the run page (poll_view), the run list when it changed since the last
+    tick (the user's choice kept; a run deleted elsewhere is let go) and Cancel/Resume as the run allows."""
+    choices = run_choices(ws)
+    ids = [value for _, value in choices]
+    gone = run_id is not None and run_id not in ids
+    run_id = None if gone else run_id
+    if gone:
+        picker = gr.Dropdown(choices=choices, value=None)
+    else:
+        picker = gr.Dropdown(choices=choices) if choices != listed else gr.skip()
+    return (runs_table(ws), *poll_view(ws, run_id, shown, outputs), picker, *action_buttons(ws, run_id), choices)
+
+
 def _titled(frame: pd.DataFrame, column: str, title: str):
     points = frame[frame["curve"] == "training loss"] if "curve" in frame else frame
     if len(points):
@@ -218,6 +255,11 @@ def rerun_run(ws: Workspace, run_id: str) -> tuple[str, str]:
     return f"New run {run.id} queued with exactly the settings of {run_id}.", run.id
 
 
+def _with_choices(ws: Workspace, said: str, run_id: str) -> tuple[str, gr.Dropdown]:
+    """A handler's message, and its new run picked in a dropdown that lists it (see pick_row)."""
+    return said, gr.Dropdown(choices=run_choices(ws), value=run_id)
+
+
 def delete_run(ws: Workspace, run_id: str, confirmed: bool) -> str:
     if not confirmed:
         raise gr.Error("Tick 'Yes, delete its files' first: deleting a run removes its adapter and checkpoints.")
@@ -235,7 +277,7 @@ def run_command(ws: Workspace, run_id: str) -> str:
         _fail(exc)
     manifest = run.folder.read_manifest()
     return submit.command_line(run.base_model, run.dataset_id, run.preset or "balanced", manifest.get("overrides"),
-                             run.name)
+                               run.name, home=ws.home)
 
 
 # --- layout ----------------------------------------------------------------------------------------
@@ -291,28 +333,40 @@ def build(ws: Workspace) -> dict:
     timer = gr.Timer(POLL_S, active=False)  # ticks while this tab is shown (studio/ui/app.py)
 
     def refresh_all(run_id):
-        return runs_table(ws), gr.Dropdown(choices=run_choices(ws), value=run_id)
-
-    def pick_row(frame: pd.DataFrame, evt: gr.SelectData):
-        row = evt.index[0] if isinstance(evt.index, list | tuple) else evt.index
-        return frame.iloc[row]["run"]
+        choices = run_choices(ws)
+        run_id = run_id if run_id in [value for _, value in choices] else None  # a run deleted elsewhere goes
+        return runs_table(ws), gr.Dropdown(choices=choices, value=run_id)
 
     outputs = list(page)
+    buttons = [cancel, resume]
     shown = gr.State(None)  # the finished run whose page this browser already shows
-    timer.tick(lambda run_id, key: (runs_table(ws), *poll_view(ws, run_id, key, len(outputs))), [chosen, shown],
-               [table, *outputs, shown], api_name="runs_poll", show_progress="hidden")
+    listed = gr.State(None)  # the run choices last sent to this browser's dropdown
+    timer.tick(lambda run_id, key, known: tick(ws, run_id, key, known, len(outputs)), [chosen, shown, listed],
+               [table, *outputs, shown, chosen, *buttons, listed], api_name="runs_poll", show_progress="hidden")
     refresh.click(refresh_all, [chosen], [table, chosen], api_name="runs_list")
-    table.select(pick_row, [table], chosen)
-    chosen.change(lambda run_id: live_view(ws, run_id), [chosen], outputs, api_name="runs_show")
-    cancel.click(lambda run_id: cancel_run(ws, run_id), [chosen], said, api_name="runs_cancel")
-    resume.click(lambda run_id: resume_run(ws, run_id), [chosen], said, api_name="runs_resume")
-    rerun.click(lambda run_id: rerun_run(ws, run_id), [chosen], [said, chosen], api_name="runs_rerun")
+
+    def picked(frame: pd.DataFrame, evt: gr.SelectData):  # the annotation is how Gradio passes the click
+        return pick_row(ws, frame, evt)
+
+    table.select(picked, [table], chosen, api_visibility="private")
+    chosen.change(lambda run_id: live_view(ws, run_id), [chosen], outputs, api_name="runs_show").then(
+        lambda run_id: action_buttons(ws, run_id), [chosen], buttons, show_progress="hidden",
+        api_visibility="private")
+    # the endpoints stay as they were for scripts; on the page the buttons follow the run's new status
+    cancel.click(lambda run_id: cancel_run(ws, run_id), [chosen], said, api_name="runs_cancel").then(
+        lambda run_id: action_buttons(ws, run_id), [chosen], buttons, api_visibility="private")
+    resume.click(lambda run_id: resume_run(ws, run_id), [chosen], said, api_name="runs_resume").then(
+        lambda run_id: action_buttons(ws, run_id), [chosen], buttons, api_visibility="private")
+    rerun.click(lambda run_id: _with_choices(ws, *rerun_run(ws, run_id)), [chosen], [said, chosen],
+                api_name="runs_rerun")
     command.click(lambda run_id: run_command(ws, run_id), [chosen], cli, api_name="runs_command")
     delete.click(lambda run_id, ok: delete_run(ws, run_id, ok), [chosen, confirm], said,
                  api_name="runs_delete").then(refresh_all, [gr.State(None)], [table, chosen])
     table.attach_load_event(lambda: runs_table(ws), None)
     # a fresh page (or a reload) shows the run training now; the list is current whenever it is opened
     chosen.attach_load_event(lambda: gr.Dropdown(choices=run_choices(ws), value=default_run(ws)), None)
+    cancel.attach_load_event(lambda: action_buttons(ws, default_run(ws))[0], None)
+    resume.attach_load_event(lambda: action_buttons(ws, default_run(ws))[1], None)
     chosen.focus(lambda: gr.Dropdown(choices=run_choices(ws)), None, chosen, show_progress="hidden",
                  api_visibility="private")
     compare_view.build(ws, chosen)  # the chosen run's lineage; two or more runs side by side
