@@ -165,12 +165,12 @@ def test_a_tab_polls_only_while_it_is_shown(browser, studio):
             page.wait_for_timeout(seconds * 1000)
             return {fn for at, fn in sent if at >= start}
 
-        on_data = events_during(7)
+        on_data = events_during(5)
         open_tab(page, "Runs")
-        on_runs = events_during(7)
+        on_runs = events_during(5)
         open_tab(page, "Chat")
         page.wait_for_timeout(500)
-        on_chat = events_during(7)
+        on_chat = events_during(5)
     finally:
         context.close()
     assert on_data, "the status strip did not refresh on the Data tab"
