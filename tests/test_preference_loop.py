@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
+from conftest import adopt_trained_run
 
 from studio.core.errors import InvalidInput
 from studio.evaluation.golden import GoldenItem
@@ -32,22 +32,6 @@ CORRECTIONS = [
     ("How long is the password link valid?", "Thirty minutes; after that, ask for a new link on the sign-in page."),
     ("Can I change my delivery address?", "Yes, until the parcel ships: write to us with the order number."),
 ]
-
-
-def adopt(trained_run, ws):
-    """The session's SFT run (and its dataset version) copied into this test's own workspace: the shared
-    workspace is only read, so other tests never see this test's feedback, runs or evaluations."""
-    with trained_run.ws.db() as db:
-        run = dict(db["runs"].get(trained_run.run_id))
-        dataset = dict(db["datasets"].get(trained_run.dataset_id))
-    run_dir = ws.runs_dir / trained_run.run_id
-    data_dir = ws.datasets_dir / trained_run.dataset_id
-    shutil.copytree(trained_run.run_dir, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
-    shutil.copytree(dataset["path"], data_dir)
-    with ws.db() as db:
-        db["datasets"].insert({**dataset, "path": str(data_dir)})
-        db["runs"].insert({**run, "path": str(run_dir)})
-    return trained_run.run_id
 
 
 def studio(ws, *args):
@@ -70,7 +54,7 @@ def test_sft_feedback_dpo_from_it_and_did_it_help(ws, trained_run):
 
     timings = {}
     start = time.monotonic()
-    sft = adopt(trained_run, ws)
+    sft = adopt_trained_run(trained_run, ws)
     golden = [GoldenItem(question=q, reference=a) for q, a in GOLDEN]
 
     # --- the expert at work: the Chat tab's corrections and thumbs on the SFT run's real replies
@@ -190,7 +174,7 @@ def test_sft_feedback_dpo_from_it_and_did_it_help(ws, trained_run):
 def test_versus_refuses_a_run_without_a_parent_and_a_missing_golden_set(ws, trained_run):
     from studio.evaluation.versus import evaluate_versus
 
-    sft = adopt(trained_run, ws)
+    sft = adopt_trained_run(trained_run, ws)
     golden = [GoldenItem(question="Where is my order?", reference="Follow your parcel.")]
     with pytest.raises(InvalidInput, match="started from the base model") as caught:
         evaluate_versus(ws, sft, golden)

@@ -291,8 +291,6 @@ def build(ws: Workspace) -> dict:
     from_run.focus(lambda: gr.Dropdown(choices=parent_choices(ws)), None, from_run, show_progress="hidden",
                    api_visibility="private")
     shown = gr.State(None)  # the finished run whose page this browser already shows
-    timer.tick(lambda run_id, key: poll_view(ws, run_id or default_run(ws), key, len(page)), [current, shown],
-               [*page, shown], show_progress="hidden")
     # the newest version is picked on a fresh page, and when the list is refreshed or opened while nothing
     # (or a deleted version) is picked; a version the expert picked stays
     dataset.attach_load_event(lambda: listed_datasets(ws), None)
@@ -300,6 +298,8 @@ def build(ws: Workspace) -> dict:
     dataset.focus(lambda current: listed_datasets(ws, current), dataset, dataset, show_progress="hidden",
                   api_visibility="private")
     # ... and, while the Train tab is shown, a version saved since the page loaded fills an empty list
-    timer.tick(lambda current: fill_datasets(ws, current), dataset, dataset, show_progress="hidden",
-               api_visibility="private")
+    # one request a tick: the run's progress, and the newest version into a still empty dataset list
+    timer.tick(lambda run_id, key, picked: (*poll_view(ws, run_id or default_run(ws), key, len(page)),
+                                            fill_datasets(ws, picked)),
+               [current, shown, dataset], [*page, shown, dataset], show_progress="hidden")
     return {"timer": timer}
