@@ -52,6 +52,12 @@ def test_events_carry_every_progress_field(trained_run):
     assert end["status"] == "succeeded" and end["step"] == STEPS and end["adapter"].endswith("adapter")
 
 
+def test_train_log_reads_as_lines_not_dicts_or_bars(trained_run):
+    log = RunFolder(trained_run.run_dir).log.read_text()
+    assert f"step 10/{STEPS} · epoch" in log and "eval loss" in log and "run succeeded" in log
+    assert "{'loss'" not in log and "\r" not in log and "it/s]" not in log, log[-3000:]
+
+
 def test_run_folder_holds_config_manifest_adapter(trained_run):
     folder = RunFolder(trained_run.run_dir)
     config = yaml.safe_load(folder.config.read_text())

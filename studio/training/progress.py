@@ -9,6 +9,7 @@ ranks), and a stop asked of any rank stops them all at the same step.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from studio.training import distributed
 
 if TYPE_CHECKING:
     from studio.training.folder import Clock, RunFolder
+
+log = logging.getLogger("studio.training")
 
 
 # TRL's preference metrics (DPO, ORPO, KTO) → the names of our step events; KTO logs no accuracy
@@ -104,6 +107,9 @@ class Progress(TrainerCallback):
             ))
 
     def _tell(self, event: dict) -> None:
+        from studio.training.summary import step_line
+
+        log.info(step_line(event))  # train.log reads as the Runs tab does, not as the Trainer's dicts
         for listener in self.listeners:
             listener(event)
 

@@ -32,6 +32,7 @@ LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "
 def main(run_dir: str) -> int:
     folder = RunFolder(Path(run_dir).resolve())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+    _quiet_log()
     stop = threading.Event()
 
     def request_stop(signum, _frame):
@@ -143,6 +144,9 @@ def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clo
     overrides: dict[str, Any] = {}
     if val_set is None:
         overrides["eval_strategy"] = "no"
+    log.info("preparing %d training and %d held-out rows: chat template, tokens%s", len(train_set),
+             len(val_set) if val_set is not None else 0,
+             ", packing" if cfg.objective == "sft" and cfg.packing else "")
     progress = Progress(folder, stop, clock)
     if tracker is not None:
         progress.listeners.append(tracker.event)
@@ -183,6 +187,20 @@ def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clo
     return _train(folder, manifest, cfg, model, trainer, tokenizer, progress, notice, stop, clock)
 
 
+def _quiet_log() -> None:
+    """No tqdm bars in train.log (in a file each is one line of carriage returns: Progress logs the steps, this
+    module the loading and tokenizing), nor the libraries' deprecation notes to each other (nothing a user
+    can act on)."""
+    import warnings
+
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r".*is deprecated and will be removed in v6", category=FutureWarning)
+
+
 def _train(folder: RunFolder, manifest: dict, cfg: TrainConfig, model: Any, trainer: Any, tokenizer: Any,
            progress: Any, notice: str | None, stop: threading.Event, clock: Clock) -> dict[str, Any]:
     if distributed.is_main():
@@ -191,6 +209,9 @@ def _train(folder: RunFolder, manifest: dict, cfg: TrainConfig, model: Any, trai
     if resume is not None:
         log.info("resuming from %s", resume)
     progress.resumed_from = resume.name if resume else None
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # its dicts; Progress logs each step as one readable line
     board = reporting.tensorboard_callback(folder, int(resume.name.rsplit("-", 1)[1]) if resume else 0)
     if board is not None:
         trainer.add_callback(board)  # the Trainer's own TensorBoard reporting, into RUN_DIR/tensorboard
