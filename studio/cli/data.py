@@ -115,6 +115,7 @@ def run_import(args: argparse.Namespace, ws) -> Output:
 
 
 def run_list(args, ws) -> Output:
+    from studio.core import timetext
     from studio.data.store import list_versions
 
     versions = list_versions(ws)
@@ -123,11 +124,12 @@ def run_list(args, ws) -> Output:
     rows = [f"{'ID':<16} {'NAME':<24} {'TRAIN':>7} {'VAL':>6} {'REJ':>5}  {'MODEL':<20} CREATED"]
     for v in versions:
         rows.append(f"{v.id:<16} {v.name[:24]:<24} {v.rows_train:>7} {v.rows_val:>6} {v.rows_rejected:>5}  "
-                    f"{v.base_model[:20]:<20} {v.created_at}")
+                    f"{v.base_model[:20]:<20} {timetext.short(v.created_at)}")
     return Output([v.model_dump(exclude={"report"}) for v in versions], "\n".join(rows))
 
 
 def run_show(args, ws) -> Output:
+    from studio.core import timetext
     from studio.data.importer import preview_version
     from studio.data.report import as_text
     from studio.data.store import get_version
@@ -136,7 +138,7 @@ def run_show(args, ws) -> Output:
     previews = preview_version(ws, args.id, rows=max(args.rows, 0))
     mapping = ", ".join(f"{r}={c!r}" for r, c in version.mapping.items())
     lines = [
-        f"{version.id}  '{version.name}'  created {version.created_at}",
+        f"{version.id}  '{version.name}'  created {timetext.moment(version.created_at)}",
         f"From {version.source_name} ({version.source_format}); columns {mapping}; "
         f"system prompt: {version.system_prompt or '(none)'}",
         f"Folder: {version.path}",

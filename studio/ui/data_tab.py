@@ -14,6 +14,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from studio.core import timetext
 from studio.core.errors import StudioError
 from studio.core.paths import SAMPLES
 from studio.core.workspace import Workspace
@@ -154,7 +155,7 @@ def check_blocker(st: dict) -> str | None:
 def versions_frame(ws: Workspace) -> pd.DataFrame:
     rows = [{"ID": v.id, "Name": v.name, "Training rows": v.rows_train, "Validation rows": v.rows_val,
              "Rejected": v.rows_rejected, "Base model": v.base_model, "Template": v.template,
-             "Created": v.created_at} for v in store.list_versions(ws)]
+             "Created": timetext.short(v.created_at)} for v in store.list_versions(ws)]
     return pd.DataFrame(rows or [{"ID": "", "Name": "no versions yet"}])
 
 
@@ -330,7 +331,8 @@ def build(ws: Workspace) -> None:
             previews = importer.preview_version(ws, dataset_id, rows=2)
         except StudioError as exc:
             _fail(exc)
-        md = f"**{version.id}** '{version.name}' from {version.source_name}, created {version.created_at}. "
+        md = (f"**{version.id}** '{version.name}' from {version.source_name}, "
+              f"created {timetext.moment(version.created_at)}. ")
         if version.report:
             md += "\n\n" + report_markdown(version.report)
         return md, preview_html(previews)

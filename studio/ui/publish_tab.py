@@ -12,6 +12,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from studio.core import timetext
 from studio.core.errors import StudioError
 from studio.core.workspace import Workspace
 from studio.publishing import deployments, pipeline
@@ -166,7 +167,7 @@ def result_markdown(dep: deployments.Deployment) -> str:
 
 def deployments_frame(ws: Workspace) -> pd.DataFrame:
     rows = [{"ID": d.id, "Where": d.slot, "Status": d.status, "Verification": d.verdict.replace("_", " "),
-             "Version": d.model_version, "URL": d.url or "", "Published": d.created_at}
+             "Version": d.model_version, "URL": d.url or "", "Published": timetext.short(d.created_at)}
             for d in deployments.list_deployments(ws)]
     return pd.DataFrame(rows or [{"ID": "", "Where": "nothing published yet"}])
 
