@@ -235,6 +235,7 @@ def test_cancel_from_the_page_while_a_second_browser_watches(browser, studio, pa
     train.get_by_role("button", name="Settings (the preset's values; change any of them)").click()
     steps = train.get_by_label("max steps", exact=True)
     expect(steps).to_have_value("100")  # the preset's values have arrived: typing now is not overwritten
+    expect(train.get_by_label("epochs", exact=True)).to_be_disabled()  # a step count decides, not epochs
     steps.fill("5000")  # so that it cannot finish before the cancel
     steps.press("Tab")
     expect(steps).to_have_value("5000")

@@ -20,6 +20,7 @@ def test_compare_two_finished_runs_in_the_browser(compared_runs):
         expect(runs.locator("#run-lineage")).to_contain_text(f"run {first}", timeout=30_000)
         expect(runs.locator("#run-lineage")).to_contain_text("this run")
 
+        runs.get_by_role("button", name="Compare runs").click()  # folded until asked for
         picker = runs.locator("#compare-pick")
         for run_id in (first, second):
             picker.locator("input").click()

@@ -170,7 +170,7 @@ def build(ws: Workspace, chosen: gr.Dropdown) -> None:
     with gr.Accordion("Lineage: where this run came from and what became of it", open=True):
         # recomputed on each page load and whenever the chosen run changes
         gr.Markdown(lambda run_id: lineage_view(ws, run_id), inputs=[chosen], elem_id="run-lineage")
-    with gr.Accordion("Compare runs", open=True, elem_id="compare"):
+    with gr.Accordion("Compare runs", open=False, elem_id="compare"):
         with gr.Row():
             picks = gr.Dropdown(label="Runs to compare", choices=run_choices(ws), multiselect=True, scale=4,
                                 max_choices=8, elem_id="compare-pick",
@@ -178,8 +178,8 @@ def build(ws: Workspace, chosen: gr.Dropdown) -> None:
                                      "their scores on a golden set they share, their data and deployments.")
             go = gr.Button("Compare", variant="primary", scale=0, elem_id="compare-go")
         summary = gr.Markdown(elem_id="compare-summary")
-        curves = gr.LinePlot(x="step", y="loss", color="series", title="Loss", height=300, label="loss curves",
-                             elem_id="compare-loss")
+        curves = gr.LinePlot(x="step", y="loss", color="series", color_title="", title="Loss", height=300,
+                             label="loss curves", elem_id="compare-loss")
         settings = gr.Dataframe(label="Settings that differ (from each run's frozen config)", interactive=False,
                                 wrap=True, elem_id="compare-settings")
         with gr.Row():

@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from studio.core import timetext
 from studio.core.errors import StudioError
 from studio.core.workspace import Workspace
 from studio.training import runs, scheduler, submit, summary
@@ -23,6 +24,8 @@ POLL_S = 2.0
 STATUS_COLOURS = {"queued": "#8a8f98", "running": "#4f46e5", "succeeded": "#15803d", "failed": "#b91c1c",
                   "cancelled": "#a16207"}
 TABLE_COLUMNS = ["run", "name", "status", "progress", "loss", "eval loss", "model", "data", "preset", "created"]
+# shares of the width, so that every column shows on a 1366-pixel screen (long names wrap)
+TABLE_WIDTHS = ["17%", "15%", "8%", "10%", "7%", "6%", "10%", "10%", "7%", "10%"]
 
 
 def _fail(exc: StudioError):
@@ -39,7 +42,7 @@ def runs_table(ws: Workspace) -> pd.DataFrame:
         rows.append([
             run.id, run.name, run.status, f"{run.progress:.0%} ({run.step or 0}/{run.max_steps or '?'})",
             f"{run.loss:.4f}" if run.loss is not None else "", f"{run.eval_loss:.4f}" if run.eval_loss else "",
-            run.base_model, run.dataset_id, run.preset, run.created_at.replace("T", " ")[:16],
+            run.base_model, run.dataset_id, run.preset, timetext.short(run.created_at),
         ])
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
 
@@ -89,7 +92,7 @@ def lr_frame(curves: dict) -> pd.DataFrame:
 
 def status_markdown(ws: Workspace, run: runs.Run, curves: dict) -> str:
     lines = [f"### {run.name}", f"`{run.id}` · **{run.status}** · {run.base_model} on `{run.dataset_id}` · "
-             f"preset {run.preset or '-'} · started {run.started_at or '-'} · finished {run.finished_at or '-'}"]
+             f"preset {run.preset or '-'} · {timetext.lifecycle(run.created_at, run.started_at, run.finished_at)}"]
     if run.status == "queued":
         ids = [r.id for r in runs.queue(ws)]
         ahead = (ids.index(run.id) if run.id in ids else 0) + len(runs.list_runs(ws, "running"))
@@ -289,11 +292,11 @@ def run_page(prefix: str = "run"):
     status = gr.Markdown(elem_id=f"{prefix}-status")
     progress = gr.HTML(elem_id=f"{prefix}-progress")
     with gr.Row():
-        loss = gr.LinePlot(x="step", y="loss", color="curve", title="Loss (lower is better)", height=260,
-                           label="loss curves", elem_id=f"{prefix}-loss",
+        loss = gr.LinePlot(x="step", y="loss", color="curve", color_title="", title="Loss (lower is better)",
+                           height=320, label="loss curves", elem_id=f"{prefix}-loss",
                            color_map={"training loss": "#2563eb", "held-out loss": "#f97316"})
-        lr = gr.LinePlot(x="step", y="learning rate", title="Learning rate", height=260, label="learning rate")
-    # Gradio 6 clips the chart's legend (and caption) at this height: the colours are named here instead
+        lr = gr.LinePlot(x="step", y="learning rate", title="Learning rate", height=320, label="learning rate")
+    # what the two colours mean, in a sentence the legend has no room for
     gr.Markdown("<small>Loss: <b style='color:#2563eb'>blue</b> on the rows it trains on, "
                 "<b style='color:#f97316'>orange</b> on held-out rows it never trains on. If orange rises while "
                 "blue keeps falling, the model memorises the rows instead of learning from them.</small>")
@@ -313,7 +316,7 @@ def build(ws: Workspace) -> dict:
         "one at a time per GPU."
     )
     table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, label="Runs (newest first)", wrap=True,
-                         elem_id="runs-table")
+                         elem_id="runs-table", column_widths=TABLE_WIDTHS)
     with gr.Row():
         chosen = gr.Dropdown(label="Run", choices=run_choices(ws), value=default_run(ws), scale=3,
                              info="The run whose progress, curves and log are shown below; or click a row above.")
@@ -329,7 +332,7 @@ def build(ws: Workspace) -> dict:
         delete = gr.Button("Delete", variant="secondary", size="sm")
     said = gr.Markdown(elem_id="runs-message")
     cli = gr.Textbox(label="The same run from a terminal", lines=1, buttons=["copy"], interactive=False,
-                     info="The `studio train` line that starts a run with these settings.")
+                     info="The `studio train` line that starts a run with these settings.", visible=False)
     timer = gr.Timer(POLL_S, active=False)  # ticks while this tab is shown (studio/ui/app.py)
 
     def refresh_all(run_id):
@@ -359,7 +362,9 @@ def build(ws: Workspace) -> dict:
         lambda run_id: action_buttons(ws, run_id), [chosen], buttons, api_visibility="private")
     rerun.click(lambda run_id: _with_choices(ws, *rerun_run(ws, run_id)), [chosen], [said, chosen],
                 api_name="runs_rerun")
-    command.click(lambda run_id: run_command(ws, run_id), [chosen], cli, api_name="runs_command")
+    command.click(lambda run_id: run_command(ws, run_id), [chosen], cli, api_name="runs_command").success(
+        lambda: gr.Textbox(visible=True), None, cli, api_visibility="private")
+    chosen.change(lambda: gr.Textbox(visible=False), None, cli, api_visibility="private")  # not another run's
     delete.click(lambda run_id, ok: delete_run(ws, run_id, ok), [chosen, confirm], said,
                  api_name="runs_delete").then(refresh_all, [gr.State(None)], [table, chosen])
     table.attach_load_event(lambda: runs_table(ws), None)

@@ -265,7 +265,8 @@ def build(ws: Workspace) -> dict:
     fit_text = gr.Markdown(elem_id="train-fit")
     changes = gr.State({})
     cli = gr.Textbox(label="The same run from a terminal", lines=1, buttons=["copy"], interactive=False,
-                     info="Paste it into a terminal on this machine to start the same run with the CLI.")
+                     info="Paste it into a terminal on this machine to start the same run with the CLI.",
+                     visible=False)  # shown by Show command
     started = gr.Markdown(elem_id="train-started")
     current = gr.State(None)
     gr.Markdown("#### Progress of the run started here (or the one training now)")
@@ -273,6 +274,10 @@ def build(ws: Workspace) -> dict:
     timer = gr.Timer(POLL_S, active=False)  # ticks while this tab is shown (studio/ui/app.py)
 
     refresh.click(lambda current: listed_datasets(ws, current), dataset, dataset, api_name="train_datasets")
+    # a step count decides the run's length over epochs: epochs is greyed while it does not count
+    steps, epochs = controls[fields.index("max_steps")], controls[fields.index("epochs")]
+    steps.change(lambda n: gr.Number(interactive=not (n or 0) > 0), steps, epochs, show_progress="hidden",
+                 api_visibility="private")
     model.change(model_info, model, about_model)
     preset.change(lambda p: (preset_text(p), *preset_values(p)), preset, [about_preset, *controls],
                   api_name="train_preset")
@@ -282,9 +287,11 @@ def build(ws: Workspace) -> dict:
     # clickable only when the fit check suggested a change (it does only when the run does not fit)
     changes.change(lambda c: gr.Button(interactive=bool(c)), changes, apply, show_progress="hidden",
                    api_visibility="private")
-    command.click(lambda d, m, p, n, fr, pr, *v: show_command(d, m, p, n, *v, from_run=fr, processes=pr,
-                                                                  home=ws.home),
-                  [dataset, model, preset, name, from_run, processes, *controls], cli, api_name="train_command")
+    commanded = command.click(lambda d, m, p, n, fr, pr, *v: show_command(d, m, p, n, *v, from_run=fr, processes=pr,
+                                                                          home=ws.home),
+                          [dataset, model, preset, name, from_run, processes, *controls], cli,
+                          api_name="train_command")
+    commanded.success(lambda: gr.Textbox(visible=True), None, cli, api_visibility="private")
     go.click(lambda d, m, p, n, f, fr, pr, *v: start(ws, d, m, p, n, f, *v, from_run=fr, processes=pr),
              [dataset, model, preset, name, force, from_run, processes, *controls], [started, current],
              api_name="train_start")
