@@ -56,7 +56,7 @@ def main() -> None:
     start_scheduler(ws)
     warm_up()  # transformers for the tabs, in the background: the page is up before it is done
     print(f"LLMOps Studio: workspace {ws.home}", flush=True)
-    app.queue(default_concurrency_limit=8).launch(
+    _, local_url, share_url = app.queue(default_concurrency_limit=8).launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,
@@ -65,7 +65,16 @@ def main() -> None:
         theme=theme(),
         css=css(),
         footer_links=["api"],
+        quiet=True,  # Gradio's own lines name its launch() arguments; ours name the studio's flags
+        prevent_thread_lock=True,
     )
+    print(f"LLMOps Studio: open {local_url} in a browser", flush=True)
+    if share_url:
+        print(f"LLMOps Studio: public link (for 1 week): {share_url}", flush=True)
+    elif args.host in ("127.0.0.1", "localhost"):
+        print("LLMOps Studio: only this machine can reach it; --host 0.0.0.0 (with accounts) serves the "
+              "network. Ctrl+C stops it.", flush=True)
+    app.block_thread()
 
 
 if __name__ == "__main__":
