@@ -36,10 +36,10 @@ def test_chat_side_by_side_and_correct_an_answer(trained_run):
             page.get_by_role("button", name="Save as a training row").click()
             saved = page.get_by_text("Saved. Dataset version")
             try:
-                saved.wait_for(timeout=30_000)
+                saved.wait_for(timeout=60_000)  # a new dataset version: its token report loads the tokenizer
             except PlaywrightTimeout:
                 said = page.locator(".toast-body").all_inner_texts()
-                pytest.fail(f"no 'Saved. Dataset version' 30 s after Save; the page's messages: {said}; the "
+                pytest.fail(f"no 'Saved. Dataset version' 60 s after Save; the page's messages: {said}; the "
                             f"correction box holds {corrected.input_value()!r}")
         finally:
             browser.close()
