@@ -29,14 +29,14 @@ def test_import_in_a_real_process_prints_the_guess_report_and_preview(ws):
 
 def test_unconfident_guess_stops_and_lists_the_columns(ws, tmp_path, capsys):
     path = tmp_path / "odd.csv"
-    path.write_text("Frage,Antwort\nWie geht's?,Gut.\n", encoding="utf-8")
+    path.write_text("Spalte A,Spalte B\nWie geht's?,Gut.\n", encoding="utf-8")
     code, out, err = run(capsys, "data", "import", str(path))
     assert code == 2 and out == ""
-    assert err.count("\n") == 1 and "'Frage', 'Antwort'" in err and "--map" in err
-    code, out, _ = run(capsys, "data", "import", str(path), "--map", "instruction=Frage", "--map", "output=Antwort",
+    assert err.count("\n") == 1 and "'Spalte A', 'Spalte B'" in err and "--map" in err
+    code, out, _ = run(capsys, "data", "import", str(path), "--map", "instruction=Spalte A", "--map", "output=Spalte B",
                        "--val", "0", "--json")
     data = json.loads(out)
-    assert code == 0 and data["created"] and data["mapping"] == {"instruction": "Frage", "output": "Antwort"}
+    assert code == 0 and data["created"] and data["mapping"] == {"instruction": "Spalte A", "output": "Spalte B"}
     code, _, err = run(capsys, "data", "import", str(path), "--map", "output")
     assert code == 2 and "not ROLE=COLUMN" in err
     wordy = tmp_path / "wordy.csv"

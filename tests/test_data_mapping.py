@@ -26,6 +26,11 @@ def table(columns, rows=None, object_columns=()):
     (["input", "output"], {"instruction": "input", "output": "output"}),
     (["Customer Question", "agentAnswer"], {"instruction": "Customer Question", "output": "agentAnswer"}),
     (["answer_short", "answer", "question"], {"instruction": "question", "output": "answer"}),
+    # experts export in their own language; accented names are whole words
+    (["Frage", "Antwort"], {"instruction": "Frage", "output": "Antwort"}),
+    (["Pregunta", "Contexto", "Respuesta"], {"instruction": "Pregunta", "input": "Contexto", "output": "Respuesta"}),
+    (["Question", "Réponse"], {"instruction": "Question", "output": "Réponse"}),
+    (["Domanda del cliente", "Risposta"], {"instruction": "Domanda del cliente", "output": "Risposta"}),
 ])
 def test_confident_guesses(columns, expected):
     guess = guess_mapping(table(columns))

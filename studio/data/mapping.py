@@ -36,10 +36,14 @@ ROLE_HELP = {
 SYNONYMS: dict[str, list[str]] = {
     "messages": ["messages", "conversation", "conversations", "chat", "chats", "dialog", "dialogue", "turns"],
     "output": ["output", "response", "answer", "completion", "reply", "assistant", "target", "a", "gpt", "bot",
-               "resolution", "solution", "expected output", "agent reply"],
+               "resolution", "solution", "expected output", "agent reply",
+               # the spreadsheets of experts who work in German, French, Spanish, Portuguese, Italian, Dutch
+               "antwort", "réponse", "reponse", "respuesta", "resposta", "risposta", "antwoord", "lösung"],
     "instruction": ["instruction", "prompt", "question", "query", "user", "request", "human", "q", "ask", "task",
-                    "user message", "customer message", "text"],
-    "input": ["input", "context", "background", "passage", "document", "details", "case", "history"],
+                    "user message", "customer message", "text",
+                    "frage", "anfrage", "pregunta", "consulta", "pergunta", "domanda", "vraag"],
+    "input": ["input", "context", "background", "passage", "document", "details", "case", "history",
+              "kontext", "contexte", "contexto", "contesto"],
     "system": ["system", "system prompt", "system message", "persona"],
 }
 # words that make a name about the text rather than the text itself: "question_id", "answer date"
@@ -71,7 +75,7 @@ class MappingGuess:
 
 def _words(name: str) -> list[str]:
     spaced = re.sub(r"(?<=[a-z])(?=[A-Z])", " ", str(name))  # customerQuestion -> customer Question
-    return re.sub(r"[^0-9a-z]+", " ", spaced.lower()).split()
+    return re.sub(r"[\W_]+", " ", spaced.lower()).split()  # letters of any script: 'Réponse' is one word
 
 
 def _rank(name: str, synonym: str) -> int | None:
