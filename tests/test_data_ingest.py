@@ -153,6 +153,13 @@ def test_xlsx_first_sheet_or_a_chosen_one(tmp_path):
     assert table.rows.tolist() == [2, 4, 5] and table.frame["question"].tolist()[2] == "12"
     with pytest.raises(InvalidInput, match="no sheet called 'Sheet9'.*'Notes', 'FAQ'"):
         read_table(path, sheet="Sheet9")
+    # inspected (Data tab) or imported (CLI) without a sheet: the notes sheet's columns match nothing, so
+    # the sheet whose columns do is taken; a sheet asked for by name is read as asked
+    from studio.data.importer import inspect_file
+
+    found = inspect_file(path)
+    assert found.table.sheet == "FAQ" and found.guess.mapping == {"instruction": "question", "output": "answer"}
+    assert inspect_file(path, sheet="Notes").table.sheet == "Notes"
 
 
 @pytest.mark.parametrize("content,message", [

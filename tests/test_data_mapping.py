@@ -53,6 +53,12 @@ def test_id_and_number_columns_are_not_questions():
     numeric = [["1", "Fine answer."], ["2", "Other answer."]]
     guess = guess_mapping(table(["question", "answer"], numeric))
     assert "instruction" not in guess.mapping and not guess.confident
+    # an answer may be a number, under its exact name: a dose, an amount, a year
+    doses = [["Adult dose of drug X in mg?", "500"], ["Maximum per day in g?", "4"]]
+    assert guess_mapping(table(["question", "answer"], doses)).mapping == {"instruction": "question",
+                                                                           "output": "answer"}
+    assert "output" not in guess_mapping(table(["question", "answer_no"], doses)).mapping
+    assert "output" not in guess_mapping(table(["question", "answer"], [["Why?", ""], ["How?", " "]])).mapping
 
 
 def test_typos_are_guessed_but_not_confident():

@@ -87,7 +87,34 @@ class ImportResult:
 def inspect_file(path: str | Path, *, sheet: str | None = None, header: bool | None = None,
                  max_bytes: int | None = None, name: str | None = None) -> Inspection:
     table = read_table(path, sheet=sheet, header=header, max_bytes=max_bytes, name=name)
-    return Inspection(table, preference.guess(table) or guess_mapping(table), too_few_columns(table))
+    guess = _guess(table)
+    other = None if sheet else sheet_with_data(path, table, guess, header=header, max_bytes=max_bytes, name=name)
+    if other:
+        table = read_table(path, sheet=other, header=header, max_bytes=max_bytes, name=name)
+        guess = _guess(table)
+    return Inspection(table, guess, too_few_columns(table))
+
+
+def _guess(table: SourceTable) -> MappingGuess:
+    return preference.guess(table) or guess_mapping(table)
+
+
+def sheet_with_data(path: str | Path, table: SourceTable, guess: MappingGuess, *, header: bool | None = None,
+                    max_bytes: int | None = None, name: str | None = None) -> str | None:
+    """A workbook read at its first sheet, whose columns could not be matched: the first other sheet whose
+    columns can be (a cover or notes sheet often comes first). None when there is no such sheet."""
+    if guess.confident or len(table.sheets) < 2:
+        return None
+    for other in table.sheets:
+        if other == table.sheet:
+            continue
+        try:
+            candidate = read_table(path, sheet=other, header=header, max_bytes=max_bytes, name=name)
+        except InvalidInput:  # an empty sheet, or a chart
+            continue
+        if _guess(candidate).confident:
+            return other
+    return None
 
 
 def default_max_length(ws: Workspace, base_model: str, tokenizer) -> int:
@@ -291,18 +318,24 @@ def import_file(
     (CLI: --map ROLE=COLUMN).
     """
     source = open_source(path, sheet=sheet, header=header, max_bytes=max_bytes, batch_rows=batch_rows)
-    guess = preference.guess(source.head) or guess_mapping(source.head)
+    guess = _guess(source.head)
+    other = None if sheet or mapping else sheet_with_data(path, source.head, guess, header=header, max_bytes=max_bytes)
+    if other:  # the workbook's rows are on another sheet than its first
+        source = open_source(path, sheet=other, header=header, max_bytes=max_bytes, batch_rows=batch_rows)
+        guess = _guess(source.head)
     if mapping is None:
         if not guess.confident:
             table = source.head
-            suggestion = " ".join(f"--map {r}={c!r}" for r, c in guess.mapping.items()) or "--map instruction=... " \
-                                                                                           "--map output=..."
+            sft = "messages" not in guess.mapping and preference.kind_of_mapping(guess.mapping) == "sft"
+            missing = [r for r in ("instruction", "output") if sft and r not in guess.mapping]
+            suggestion = " ".join([f"--map {r}={c!r}" for r, c in guess.mapping.items()]
+                                  + [f"--map {r}=COLUMN" for r in missing])
             other_sheets = [s for s in table.sheets if s != table.sheet]
             sheets = (f" (sheet {table.sheet!r}; the workbook also has {', '.join(repr(s) for s in other_sheets)}: "
                       "choose one with --sheet)") if other_sheets else ""
             raise InvalidInput(
                 f"The columns of '{table.name}'{sheets} could not be matched with confidence: "
-                f"{', '.join(repr(c) for c in table.columns)}. {' '.join(guess.notes)}",
+                f"{', '.join(repr(c) for c in table.columns)}. {' '.join(guess.notes)}".strip(),
                 f"Say which column is which, e.g. {suggestion}.",
             )
         mapping = guess.mapping

@@ -104,6 +104,11 @@ def _is_text_column(table: SourceTable, column: str) -> bool:
     return numeric < 0.5 * len(values)
 
 
+def _has_values(table: SourceTable, column: str) -> bool:
+    values = table.frame[column].head(200)
+    return values.dtype != object and bool((values.str.strip() != "").any())
+
+
 def _messages_column(table: SourceTable) -> str | None:
     for column in table.columns:
         values = [v for v in table.frame[column].head(20) if v not in ("", None)]
@@ -132,7 +137,10 @@ def guess_mapping(table: SourceTable) -> MappingGuess:
             if column in taken:
                 continue
             ranks = [(r, syn) for syn in SYNONYMS[role] if (r := _rank(column, syn)) is not None]
-            if ranks and (role == "system" or _is_text_column(table, column)):
+            # an answer may be a number under the role's exact name ('answer' holding amounts or doses); a
+            # question never is (a column of numbers called 'question' numbers the questions)
+            if ranks and (role == "system" or _is_text_column(table, column)
+                          or (role == "output" and min(ranks)[0] == 0 and _has_values(table, column))):
                 rank, synonym = min(ranks)
                 candidates.append((rank, position, column, synonym))
         if not candidates:
