@@ -34,3 +34,5 @@ def test_a_jobs_lifecycle_is_one_phrase():
     assert timetext.lifecycle(_stamp(300), _stamp(120), None).endswith("(2 min ago)")
     done = timetext.lifecycle(_stamp(600), "2026-12-02T13:00:00+00:00", "2026-12-02T13:03:10+00:00")
     assert done.startswith("finished Dec 2") and done.endswith("after 3 min 10 s")
+    assert timetext.lifecycle(None, "2026-12-02T13:00:00+00:00", "2026-12-02T13:00:56+00:00",
+                              "failed").startswith("failed Dec 2")

@@ -108,7 +108,7 @@ def describe(ws, run_id: str, log_lines: int = 10) -> tuple[dict, str]:
     if run.cancel_requested_at and run.status == "running":
         status += " (cancel requested: it stops after the current step)"
     lines = [f"{run.id}  {run.name}", f"status    {status}",
-             f"when      {timetext.lifecycle(run.created_at, run.started_at, run.finished_at)}"]
+             f"when      {timetext.lifecycle(run.created_at, run.started_at, run.finished_at, run.status)}"]
     lines.append(f"model     {run.base_model}    data {run.dataset_id}    preset {run.preset or '-'}")
     lines.append(f"method    {run.config.get('objective', 'sft').upper()} · {lineage_text(data['manifest'], ws)}")
     if progress["last"]:

@@ -71,12 +71,13 @@ def between(start: str | None, end: str | None) -> float | None:
     return (last - first).total_seconds() if first and last else None
 
 
-def lifecycle(created: str | None, started: str | None, finished: str | None) -> str:
+def lifecycle(created: str | None, started: str | None, finished: str | None, status: str | None = None) -> str:
     """Where a job is in time: `queued Dec 2, 13:05 UTC (just now)`, `started … (2 min ago)`, or
-    `finished … (5 min ago) after 3 min 10 s`."""
+    `finished … (5 min ago) after 3 min 10 s` (`failed …`, `cancelled …` for those endings)."""
     if finished:
         took = between(started, finished)
-        return f"finished {moment(finished)}" + (f" after {span(took)}" if took is not None else "")
+        verb = status if status in ("failed", "cancelled") else "finished"
+        return f"{verb} {moment(finished)}" + (f" after {span(took)}" if took is not None else "")
     if started:
         return f"started {moment(started)}"
     return f"queued {moment(created)}"

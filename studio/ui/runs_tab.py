@@ -91,8 +91,9 @@ def lr_frame(curves: dict) -> pd.DataFrame:
 
 
 def status_markdown(ws: Workspace, run: runs.Run, curves: dict) -> str:
+    when = timetext.lifecycle(run.created_at, run.started_at, run.finished_at, run.status)
     lines = [f"### {run.name}", f"`{run.id}` · **{run.status}** · {run.base_model} on `{run.dataset_id}` · "
-             f"preset {run.preset or '-'} · {timetext.lifecycle(run.created_at, run.started_at, run.finished_at)}"]
+             f"preset {run.preset or '-'} · {when}"]
     if run.status == "queued":
         ids = [r.id for r in runs.queue(ws)]
         ahead = (ids.index(run.id) if run.id in ids else 0) + len(runs.list_runs(ws, "running"))
