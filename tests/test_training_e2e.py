@@ -126,7 +126,7 @@ def test_cli_lists_and_follows_the_run(trained_run):
     assert f"Run {trained_run.run_id} succeeded at step {STEPS}/{STEPS}." in followed.stdout
     shown = studio("runs", "show", trained_run.run_id)
     assert "status    succeeded" in shown.stdout and "adapter   " in shown.stdout and "config    " in shown.stdout
-    when = r"^when      finished \w{3} \d+, \d\d:\d\d UTC \(.+\) after \d+ s$"  # in words, not ISO stamps
+    when = r"^when      finished \w{3} \d+, \d\d:\d\d UTC \(.+\) after \d+ (s|min.*)$"  # in words, not ISO stamps
     assert re.search(when, shown.stdout, re.M), shown.stdout
     # the two loss curves read in words (quick-test on 12 rows evaluates every 20 steps)
     assert "learning  " in shown.stdout and "Held-out loss" in shown.stdout
