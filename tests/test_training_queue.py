@@ -189,9 +189,29 @@ def test_a_run_too_big_for_this_machine_is_refused_with_the_fix(ws, dataset):
     assert forced.status == "queued"
 
 
-def test_plan_explains_unknown_models_and_missing_data(ws, dataset):
+def test_plan_explains_unknown_models_and_missing_data(ws, dataset, monkeypatch, tmp_path):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     planned = submit.plan(ws, build_config("someone/unknown-model", dataset.id, "balanced"))
     assert planned.estimate is None and "size of 'someone/unknown-model' is unknown" in planned.summary
+    # a hub model not in this machine's cache: the run downloads it first, which the plan says (no network used)
+    assert "not downloaded on this machine yet" in planned.download and planned.download in planned.summary
+    catalog = submit.plan(ws, build_config("meta-llama/Llama-3.2-1B-Instruct", dataset.id, "balanced"))
+    assert catalog.estimate is not None and "must reach huggingface.co" in catalog.summary
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = submit.plan(ws, build_config("meta-llama/Llama-3.2-1B-Instruct", dataset.id, "balanced"))
+    assert "HF_HUB_OFFLINE is set, so a run on it fails" in offline.download
+    assert submit.plan(ws, build_config("demo-tiny", dataset.id, "quick-test")).download is None
+    # once in the Hugging Face cache (the layout hf_hub_download writes), nothing more is said
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--meta-llama--Llama-3.2-1B-Instruct" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    assert submit.plan(ws, build_config("meta-llama/Llama-3.2-1B-Instruct", dataset.id, "balanced")).download is None
     with pytest.raises(NotFound, match="ds-nothing"):
         submit.plan(ws, build_config("demo-tiny", "ds-nothing", "balanced"))
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
-from studio.core.errors import InvalidInput, ModelUnavailable
+from studio.core.errors import InvalidInput, ModelUnavailable, StudioError
 from studio.models.catalog import DEMO_MODEL, CatalogEntry, Shape, catalog_entry
 
 if TYPE_CHECKING:
@@ -60,6 +60,24 @@ def resolve(ws: Workspace, name: str) -> ResolvedModel:
             "Check the spelling, or pick a model from the list.",
         )
     return ResolvedModel(name=name, source=name, local=False, entry=catalog_entry(name))
+
+
+def download_note(ws: Workspace, name: str) -> str | None:
+    """For a hub id not in this machine's Hugging Face cache: what starting a run on it needs (the run
+    downloads it first). None for a local folder, demo-tiny or a model already downloaded. No network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        resolved = resolve(ws, name)
+    except StudioError:
+        return None
+    if resolved.local or isinstance(try_to_load_from_cache(resolved.source, "config.json"), str):
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return (f"'{name}' is not downloaded on this machine and HF_HUB_OFFLINE is set, so a run on it fails. "
+                "Download it where the hub is reachable and copy the model folder here (type its path).")
+    return (f"'{name}' is not downloaded on this machine yet: the run downloads it first, so this machine must "
+            "reach huggingface.co (or set HF_HOME to a cache that holds it).")
 
 
 def model_roots(ws: Workspace) -> list[Path]:

@@ -32,6 +32,7 @@ class Plan(BaseModel):
     estimate: dict[str, Any] | None = None  # FitEstimate as a dict (None: model shape unknown)
     summary: str
     device: str
+    download: str | None = None  # a hub model not downloaded yet: what the run needs first (in summary too)
 
 
 # ------------------------------------------------------------------------------------------ planning
@@ -46,7 +47,7 @@ def plan(ws: Workspace, cfg: TrainConfig) -> Plan:
     from studio.data.store import get_version
     from studio.models.params import cache_dir as params_cache
     from studio.models.params import count_params
-    from studio.models.resolve import model_shape
+    from studio.models.resolve import download_note, model_shape
     from studio.training import fitcheck
     from studio.training.strategy import check_processes, spread
 
@@ -56,9 +57,11 @@ def plan(ws: Workspace, cfg: TrainConfig) -> Plan:
     check_processes(cfg.processes, found)
     gpu = found[0] if found else None
     device = f"GPU 0 ({gpu['name']})" if gpu else "the CPU"
+    download = download_note(ws, cfg.base_model)  # said with every outcome below: the run needs it first
+    tail = f"\n\n{download}" if download else ""
     if shape is None:
         return Plan(config=cfg, summary=f"No fit check: the size of '{cfg.base_model}' is unknown until it is "
-                    "downloaded (it is not in the catalog).", device=device)
+                    f"downloaded (it is not in the catalog).{tail}", device=device, download=download)
     try:
         stats = fitcheck.dataset_stats(ws, cfg.dataset_id, cfg.base_model)
     except ModelUnavailable:  # a local folder that is not a model: the run itself will say so
@@ -68,8 +71,9 @@ def plan(ws: Workspace, cfg: TrainConfig) -> Plan:
         estimate = fitcheck.estimate(shape, cfg, stats, gpu, available_bytes=psutil.virtual_memory().available)
         estimate = spread(estimate, cfg, shape, gpu, psutil.virtual_memory().available)
     except ModelUnavailable as exc:  # an architecture transformers cannot build: it cannot train it either
-        return Plan(config=cfg, summary=f"No fit check: {exc}", device=device)
-    return Plan(config=cfg, estimate=estimate.model_dump(), summary=estimate.summary(), device=device)
+        return Plan(config=cfg, summary=f"No fit check: {exc}{tail}", device=device, download=download)
+    return Plan(config=cfg, estimate=estimate.model_dump(), summary=estimate.summary() + tail, device=device,
+                download=download)
 
 
 # ------------------------------------------------------------------------------------------ submitting

@@ -173,6 +173,8 @@ def check_fit(ws: Workspace, dataset: str | None, model: str, preset: str, *valu
         text += f"\n\n{estimate.strategy_reason} The memory above is {each}."
     if estimate.suggestion:
         text += f"\n\n**{estimate.suggestion}**" + (" Press *Apply the change that fits*." if estimate.changes else "")
+    if plan.download:
+        text += f"\n\nℹ️ {plan.download}"
     if estimate.notice:
         text += f"\n\n> ℹ️ {estimate.notice}"
     return text, estimate.changes

@@ -51,7 +51,8 @@ class LocalTarget(Target):
             target=self.kind, slot=self.slot(source), export_kind=self.export_kind(),
             steps=[
                 f"export {'the merged model' if o.merged else 'the adapter'} of {source.run_id} (a background job)",
-                f"stop the endpoint '{self.endpoint_name()}' if it runs, and start one serving {what}"
+                f"stop what '{o.name}' serves on this machine now, if anything (endpoint "
+                f"{self.endpoint_name()}), and start one serving {what}"
                 + (f" on port {o.port}" if o.port else ""),
                 "verify: the run's prompts through the studio model and the endpoint, greedy, compared",
             ],
