@@ -1,6 +1,8 @@
 """The Chat tab in a real browser: pick the trained run, ask, see base and tuned side by side, press
 thumbs-down under the tuned answer, correct it, and find the correction in a new dataset version."""
 
+import re
+
 import pytest
 from browser import CHROMIUM_ARGS, chromium_path, studio_process
 from conftest import free_port
@@ -10,7 +12,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 def test_chat_side_by_side_and_correct_an_answer(trained_run):
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     from studio.data.store import list_versions, load_split
     from studio.serving import endpoints
@@ -31,7 +33,9 @@ def test_chat_side_by_side_and_correct_an_answer(trained_run):
             page.locator("#chat-left .message.bot").first.wait_for(timeout=30_000)
             right.get_by_label("Dislike").first.click()
             corrected = page.get_by_label("The correct answer")
-            corrected.wait_for(timeout=15_000)
+            # the thumbs-down's handler puts the answer in the box to be edited: typing (or saving) before it
+            # has landed is overwritten (or saves nothing), which failed CI on a loaded machine
+            expect(corrected).to_have_value(re.compile("Forgot password"), timeout=30_000)
             corrected.fill("Choose Forgot password on the sign-in page; the emailed link works for 30 minutes.")
             page.get_by_role("button", name="Save as a training row").click()
             saved = page.get_by_text("Saved. Dataset version")
