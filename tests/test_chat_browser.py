@@ -2,6 +2,7 @@
 thumbs-down under the tuned answer, correct it, and find the correction in a new dataset version."""
 
 import re
+import time
 
 import pytest
 from browser import CHROMIUM_ARGS, chromium_path, studio_process
@@ -31,12 +32,17 @@ def test_chat_side_by_side_and_correct_an_answer(trained_run):
             right = page.locator("#chat-right")
             right.get_by_text("Forgot password").wait_for(timeout=90_000)
             page.locator("#chat-left .message.bot").first.wait_for(timeout=30_000)
+            # as a person reads the answers once they are written: both panes done streaming (the base model
+            # writes up to 256 tokens of noise, slowly on a busy machine), then the thumbs-down
+            _until_still(page.locator("#chat-left .message.bot").first, seconds=1.5, timeout=120)
             right.get_by_label("Dislike").first.click()
             corrected = page.get_by_label("The correct answer")
-            # the thumbs-down's handler puts the answer in the box to be edited: typing (or saving) before it
-            # has landed is overwritten (or saves nothing), which failed CI on a loaded machine
+            # the thumbs-down's handler puts the answer in the box to be edited; typing starts after that
             expect(corrected).to_have_value(re.compile("Forgot password"), timeout=30_000)
-            corrected.fill("Choose Forgot password on the sign-in page; the emailed link works for 30 minutes.")
+            fix = "Choose Forgot password on the sign-in page; the emailed link works for 30 minutes."
+            corrected.fill(fix)
+            time.sleep(1.0)
+            assert corrected.input_value() == fix, f"the typed correction was replaced by {corrected.input_value()!r}"
             page.get_by_role("button", name="Save as a training row").click()
             saved = page.get_by_text("Saved. Dataset version")
             try:
@@ -56,3 +62,16 @@ def test_chat_side_by_side_and_correct_an_answer(trained_run):
     assert last == [{"role": "user", "content": "How do I reset my password?"},
                     {"role": "assistant", "content": "Choose Forgot password on the sign-in page; the emailed link "
                                                      "works for 30 minutes."}]
+
+
+def _until_still(locator, *, seconds: float, timeout: float) -> None:
+    """Until the element's text has not changed for `seconds` (a stream that ended)."""
+    deadline, last, since = time.monotonic() + timeout, None, time.monotonic()
+    while time.monotonic() < deadline:
+        text = locator.inner_text()
+        if text != last:
+            last, since = text, time.monotonic()
+        elif time.monotonic() - since >= seconds:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"the answer was still changing after {timeout} s")
