@@ -91,22 +91,27 @@ def _rank(name: str, synonym: str) -> int | None:
     return None
 
 
-def _is_text_column(table: SourceTable, column: str) -> bool:
-    """Mostly filled with words, not numbers or blanks: a question or an answer, not an id."""
+def _filled(table: SourceTable, column: str):
+    """The column's first 200 non-empty cells, stripped; None for a column of objects (lists, not text)."""
     series = table.frame[column]
     if series.dtype == object:
-        return False
+        return None
     values = series.head(200).str.strip()
-    values = values[values != ""]
-    if len(values) == 0:
+    return values[values != ""]
+
+
+def _is_text_column(table: SourceTable, column: str) -> bool:
+    """Mostly filled with words, not numbers or blanks: a question or an answer, not an id."""
+    values = _filled(table, column)
+    if values is None or len(values) == 0:
         return False
     numeric = values.str.fullmatch(r"[-+]?[0-9.,:/ ]+").sum()
     return numeric < 0.5 * len(values)
 
 
 def _has_values(table: SourceTable, column: str) -> bool:
-    values = table.frame[column].head(200)
-    return values.dtype != object and bool((values.str.strip() != "").any())
+    values = _filled(table, column)
+    return values is not None and len(values) > 0
 
 
 def _messages_column(table: SourceTable) -> str | None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from transformers import TrainerCallback
 
 from studio.training import distributed
+from studio.training.summary import step_line
 
 if TYPE_CHECKING:
     from studio.training.folder import Clock, RunFolder
@@ -107,8 +108,6 @@ class Progress(TrainerCallback):
             ))
 
     def _tell(self, event: dict) -> None:
-        from studio.training.summary import step_line
-
         log.info(step_line(event))  # train.log reads as the Runs tab does, not as the Trainer's dicts
         for listener in self.listeners:
             listener(event)
