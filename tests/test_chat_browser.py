@@ -16,6 +16,7 @@ def test_chat_side_by_side_and_correct_an_answer(trained_run):
     from playwright.sync_api import expect, sync_playwright
 
     from studio.data.store import list_versions, load_split
+    from studio.evaluation import feedback
     from studio.serving import endpoints
 
     ws = trained_run.ws
@@ -43,6 +44,11 @@ def test_chat_side_by_side_and_correct_an_answer(trained_run):
             corrected.fill(fix)
             time.sleep(1.0)
             assert corrected.input_value() == fix, f"the typed correction was replaced by {corrected.input_value()!r}"
+            # pressing the thumb again undoes it, pressing once more disagrees again: what was typed stays
+            right.get_by_label("Disliked").first.click()
+            right.get_by_label("Dislike", exact=True).first.click()
+            time.sleep(1.0)
+            assert corrected.input_value() == fix, f"the typed correction was replaced by {corrected.input_value()!r}"
             page.get_by_role("button", name="Save as a training row").click()
             saved = page.get_by_text("Saved. Dataset version")
             try:
@@ -56,6 +62,8 @@ def test_chat_side_by_side_and_correct_an_answer(trained_run):
             for ep in endpoints.list_endpoints(ws, include_stopped=False):
                 if trained_run.run_id in ep.adapters:
                     endpoints.stop_endpoint(ws, ep.id)
+    standing = feedback.thumbs(ws)  # the thumbs-down, undone and given again, stands once
+    assert [(t["model"], t["liked"]) for t in standing] == [("right", False)], standing
     version = max((v for v in list_versions(ws) if v.mapping.get("feedback_of") == trained_run.dataset_id),
                   key=lambda v: v.mapping["corrections"])
     last = load_split(ws, version.id, "train").to_list()[-1]["messages"]

@@ -62,6 +62,23 @@ def test_too_little_feedback_is_refused_with_what_to_do(ws):
         feedback.add_thumb(ws, [], "an answer", True)
 
 
+def test_a_thumb_changed_or_undone_leaves_one_standing_rating(ws):
+    """A person who presses thumbs-up, then thumbs-down on the same answer meant thumbs-down; pressing it again
+    undoes it. The KTO rows must hold what stands, never the same answer as both good and bad."""
+    question = _ask("Is ward 4 open at night?")
+    feedback.add_thumb(ws, question, "Yes.", True, run_id="run-a", model="right")
+    feedback.add_thumb(ws, question, "Yes.", False, run_id="run-a", model="right")
+    feedback.add_thumb(ws, question, "It closes at 22:00.", True, run_id="run-a", model="left")
+    feedback.add_thumb(ws, question, "Yes.", True, run_id="run-b", model="right")  # another run's answer
+    assert [(t["answer"], t["run_id"], t["liked"]) for t in feedback.thumbs(ws)] == [
+        ("Yes.", "run-a", False), ("It closes at 22:00.", "run-a", True), ("Yes.", "run-b", True)]
+    feedback.add_thumb(ws, question, "Yes.", None, run_id="run-a", model="right")  # the thumbs-down undone
+    assert [(t["answer"], t["run_id"]) for t in feedback.thumbs(ws)] == [("It closes at 22:00.", "run-a"),
+                                                                          ("Yes.", "run-b")]
+    rows, counts = collect(ws, "kto")
+    assert counts["thumbs"] == 2 and sorted(r["label"] for r in rows) == [True, True]
+
+
 def test_feedback_export_cli(ws, studio_home):
     def studio(*args):
         return subprocess.run([sys.executable, "-m", "studio", "--json", *args], capture_output=True, text=True,

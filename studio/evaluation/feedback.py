@@ -118,10 +118,12 @@ def corrections(ws: Workspace) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def add_thumb(ws: Workspace, messages: list[dict], answer: str, liked: bool, *, run_id: str | None = None,
+def add_thumb(ws: Workspace, messages: list[dict], answer: str, liked: bool | None, *, run_id: str | None = None,
               model: str = "") -> dict:
     """Record a thumbs-up or thumbs-down on `answer` to `messages` (ending with the user's question) in
-    evaluations/thumbs.jsonl: each one is a KTO row (`studio feedback export --kind kto`)."""
+    evaluations/thumbs.jsonl: each one is a KTO row (`studio feedback export --kind kto`). `liked=None` withdraws
+    the thumb given to that answer (pressing the same thumb again); a later thumb on the same answer replaces an
+    earlier one, so an answer is never both good and bad."""
     access.require(ws, "chat.feedback")
     context = [{"role": m["role"], "content": str(m["content"])} for m in messages if str(m.get("content", "")).strip()]
     if not str(answer or "").strip():
@@ -129,14 +131,26 @@ def add_thumb(ws: Workspace, messages: list[dict], answer: str, liked: bool, *, 
     if not context or context[-1]["role"] != "user":
         raise InvalidInput("There is no question to attach the rating to.", "Ask the model something first.")
     record = {"at": now(), "run_id": run_id, "model": model, "messages": context, "answer": str(answer).strip(),
-              "liked": bool(liked)}
+              "liked": None if liked is None else bool(liked)}
     with open(ws.evaluations_dir / "thumbs.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
     return record
 
 
 def thumbs(ws: Workspace) -> list[dict]:
+    """The thumbs that stand: the last one given to each answer (same run, pane, conversation and answer),
+    without the withdrawn ones, in the order they were first given."""
     path = ws.evaluations_dir / "thumbs.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    standing: dict[str, dict] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        key = json.dumps([record.get("run_id"), record.get("model"), record["messages"], record["answer"]])
+        if record.get("liked") is None:
+            standing.pop(key, None)
+        else:
+            standing[key] = standing.get(key, record) | {"liked": record["liked"], "at": record["at"]}
+    return list(standing.values())

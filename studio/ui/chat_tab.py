@@ -273,21 +273,25 @@ def build(ws: Workspace) -> None:
                 histories[pane][-1]["content"] += piece
             yield histories["left"], histories["right"], "", *code, gr.skip(), state
 
-    def on_dislike(pane: str):
-        def handler(history, sys_prompt, state, ref, data: gr.LikeData):
+    def on_thumb(pane: str):
+        def handler(history, sys_prompt, state, ref, picked, typed, data: gr.LikeData):
             history = _history(history)
             index = data.index if isinstance(data.index, int) else data.index[0]
             answer = history[index]["content"] if 0 <= index < len(history) else ""
-            liked = data.liked not in (False, "Dislike")
+            # Gradio sends True/"Like", False/"Dislike", or "" when the pressed thumb is pressed again (undone)
+            liked = None if data.liked in ("", None) else data.liked not in (False, "Dislike")
             context = ([{"role": "system", "content": sys_prompt}] if sys_prompt and sys_prompt.strip() else []) + [
                 m for m in history[:index] if m["content"]]
             run_id = (state or {}).get("run_id") or (ref if ref and ref.startswith("run-") else None)
-            try:  # every thumb is a KTO row for `studio feedback export --kind kto`
+            try:  # every thumb is a KTO row for `studio feedback export --kind kto`; an undone one is withdrawn
                 feedback.add_thumb(ws, context, answer, liked, run_id=run_id, model=pane)
             except StudioError as exc:
                 gr.Warning(str(exc))
-            if liked:
+            if liked is not False:
                 return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            same = (picked or {}).get("pane") == pane and (picked or {}).get("index") == index
+            if same and (typed or "").strip() and typed != answer:  # a correction being written is kept
+                return gr.skip(), gr.skip(), gr.skip(), gr.Accordion(open=True)
             return ({"pane": pane, "index": index, "history": history}, answer, answer,
                     gr.Accordion(open=True))
         return handler
@@ -318,8 +322,9 @@ def build(ws: Workspace) -> None:
     send.click(send_message, inputs, outputs, api_name="chat_send")
     message.submit(send_message, inputs, outputs)
     clear.click(lambda: ([], []), None, [left, right], api_name="chat_clear")
-    left.like(on_dislike("left"), [left, system, target, source], [disliked, wrong, corrected, correct_box])
-    right.like(on_dislike("right"), [right, system, target, source], [disliked, wrong, corrected, correct_box])
+    for pane, box in (("left", left), ("right", right)):
+        box.like(on_thumb(pane), [box, system, target, source, disliked, corrected],
+                 [disliked, wrong, corrected, correct_box])
     export_feedback.click(lambda kind: export_markdown(ws, kind), [export_kind], export_status,
                           api_name="chat_feedback_export")
     save_fix.click(save_correction, [disliked, corrected, system, target, source], fix_status,
