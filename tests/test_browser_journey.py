@@ -135,7 +135,7 @@ def test_the_journey_from_csv_to_a_published_model(studio, page, capsys):
     steps = load_preset("quick-test").values()["max_steps"]
     expect(train.locator("#train-fit")).to_contain_text(f"for {steps} steps")  # quick-test's fixed length
     train.get_by_role("button", name="Start training").click()
-    expect(train.locator("#train-started")).to_contain_text("is queued")
+    expect(train.locator("#train-started")).to_contain_text("was queued")
     run_id = re.search(r"run-[0-9]+-[0-9]+-[0-9a-f]+", train.locator("#train-started").inner_text()).group(0)
 
     # the progress bar and the loss curve move
@@ -240,7 +240,7 @@ def test_cancel_from_the_page_while_a_second_browser_watches(browser, studio, pa
     steps.press("Tab")
     expect(steps).to_have_value("5000")
     train.get_by_role("button", name="Start training").click()
-    expect(train.locator("#train-started")).to_contain_text("is queued")
+    expect(train.locator("#train-started")).to_contain_text("was queued")
     run_id = re.search(r"run-[0-9]+-[0-9]+-[0-9a-f]+", train.locator("#train-started").inner_text()).group(0)
 
     other = browser.new_context(viewport=WINDOW).new_page()

@@ -13,6 +13,7 @@ import gradio as gr
 
 from studio.core.errors import InvalidInput, StudioError
 from studio.core.system import gpus
+from studio.core.timetext import moment
 from studio.core.workspace import Workspace
 from studio.data.store import list_versions
 from studio.models.catalog import DEMO_MODEL, catalog, catalog_entry
@@ -215,9 +216,11 @@ def start(ws: Workspace, dataset: str | None, model: str, preset: str, name: str
         _fail(exc)
     scheduler.nudge()  # the background scheduler starts it now, not at its next pass (up to 2 s later)
     ahead = len(runs.queue(ws)) - 1 + len(runs.list_runs(ws, "running"))
-    when = "It starts in a moment." if ahead == 0 else f"It starts after the {ahead} run(s) before it."
+    # worded so that it stays true once the run has started (the page below shows where it is now)
+    when = "no run ahead of it" if ahead == 0 else f"{ahead} run{'s' if ahead > 1 else ''} ahead of it"
     notice = f"\n\n> ℹ️ {run.notice}" if run.notice else ""
-    return f"Run **{run.id}** is queued. {when} Its progress shows below and in the Runs tab.{notice}", run.id
+    return (f"Run **{run.id}** was queued on {moment(run.created_at, relative=False)}, with {when}. Its status "
+            f"and progress show below and in the Runs tab.{notice}", run.id)
 
 
 # --- layout --------------------------------------------------------------------------------------------
