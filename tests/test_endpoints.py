@@ -36,6 +36,10 @@ def test_run_endpoint_serves_base_and_tuned_then_admission_control_stops_it(trai
         assert ep.status == "ready" and ep.run_id == run_id and ep.url.startswith("http://127.0.0.1:")
         assert served_models(ep.url) == ["demo-tiny", run_id]
         assert launch.start_for_run(ws, run_id).id == ep.id  # a live one is reused, not doubled
+        assert launch.start_for_run(ws, run_id, port=ep.port, quantize=ep.options["quantize"]).id == ep.id
+        with pytest.raises(Conflict, match=f"already served by .* so port {ep.port + 1} cannot apply") as said:
+            launch.start_for_run(ws, run_id, port=ep.port + 1)  # reused as it runs: the option is not dropped
+        assert f"studio endpoints stop {ep.id}" in said.value.fix
         assert endpoints.find_endpoint_for_run(ws, run_id).id == ep.id
         messages = build_messages([], "How do I reset my password?")
         settings = Settings(max_new_tokens=40)

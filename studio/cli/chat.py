@@ -44,9 +44,10 @@ def _body(args, ws):
 
     settings = Settings(system_prompt=args.system, temperature=args.temperature, top_p=args.top_p,
                         max_new_tokens=args.max_new_tokens, seed=args.seed).check()
+    messages = build_messages([], args.message, settings.system_prompt)  # an empty question starts nothing
     target = open_target(ws, args.target)
     model = args.model or (target.base if args.base or not target.tuned else target.tuned)
-    return target, chat_body(model, build_messages([], args.message, settings.system_prompt), settings)
+    return target, chat_body(model, messages, settings)
 
 
 def run_ask(args, ws) -> Output | None:

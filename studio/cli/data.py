@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from studio.cli import Output
+from studio.core.argtypes import whole
 
 ROLES = "instruction, input, output, system, messages"
 
@@ -55,7 +56,7 @@ def register(verbs, common) -> None:
 
     show = sub.add_parser("show", parents=[common], help="show a version: its report and a rendered preview")
     show.add_argument("id", help="the version id (ds-...)")
-    show.add_argument("--rows", type=int, default=2, help="how many rows to preview (default 2)")
+    show.add_argument("--rows", type=whole(0), default=2, help="how many rows to preview (default 2)")
     show.set_defaults(handler=run_show)
 
     rename = sub.add_parser("rename", parents=[common], help="rename a version")

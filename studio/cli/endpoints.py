@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from studio.cli import Output
+from studio.core.argtypes import PORT
 
 
 def register(verbs, common) -> None:
@@ -21,7 +22,7 @@ def register(verbs, common) -> None:
     start.add_argument("--adapter", action="append", default=[], metavar="NAME=RUN",
                        help="with --model: an adapter (run id, run folder or adapter folder) served as NAME")
     start.add_argument("--name", default=None, help="a name to find it by")
-    start.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 (default: a free one)")
+    start.add_argument("--port", type=PORT, default=None, help="port on 127.0.0.1 (default: a free one)")
     start.add_argument("--quantize", choices=["none", "4bit"], default=None,
                        help="4bit needs a CUDA GPU (default: 4-bit for a QLoRA run on CUDA, else none)")
     start.add_argument("--no-wait", action="store_true", help="return at once instead of waiting until it is ready")

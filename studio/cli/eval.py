@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from studio.cli import Output
+from studio.core.argtypes import whole
+from studio.evaluation.golden import seen_sentence
 from studio.evaluation.scores import CLOSE_F1
 
 
@@ -21,7 +23,7 @@ def register(verbs, common) -> None:
     run.add_argument("--golden", default=None, metavar="FILE",
                      help="CSV with question and reference_answer columns (default: the run's held-out split)")
     run.add_argument("--max-new-tokens", type=int, default=128)
-    run.add_argument("--heldout-rows", type=int, default=50, help="validation rows used at most (default 50)")
+    run.add_argument("--heldout-rows", type=whole(1), default=50, help="validation rows used at most (default 50)")
     run.set_defaults(handler=run_eval)
 
     ls = sub.add_parser("list", parents=[common], help="list evaluations")
@@ -67,6 +69,8 @@ def _scores(summary: dict) -> str:
     lines.append(f"tuned better on {better.get('tuned', 0)}, base better on {better.get('base', 0)}, "
                  f"tie on {better.get('tie', 0)}, neither close (F1 < {CLOSE_F1}) on {better.get('neither', 0)} "
                  f"of {summary.get('questions')} questions (token F1)")
+    if seen_sentence(summary):
+        lines.append(seen_sentence(summary))
     if summary.get("ab"):
         ab = summary["ab"]
         lines.append(f"blind votes: tuned {ab['tuned']}, base {ab['base']}, tie {ab['tie']} "

@@ -4,6 +4,7 @@ like the button in the Chat and Evaluate tabs (studio.evaluation.preference_expo
 from __future__ import annotations
 
 from studio.cli import Output
+from studio.core.argtypes import whole
 
 
 def register(verbs, common) -> None:
@@ -17,7 +18,7 @@ def register(verbs, common) -> None:
     )
     export.add_argument("--kind", choices=["preference", "kto"], default="preference",
                         help="preference: chosen/rejected pairs for DPO or ORPO (default); kto: good/bad answers")
-    export.add_argument("--min", type=int, default=None, dest="minimum", metavar="N",
+    export.add_argument("--min", type=whole(1), default=None, dest="minimum", metavar="N",
                         help="refuse with fewer rows than this (default 8)")
     export.add_argument("--name", default=None, help="a name for the dataset version")
     export.add_argument("--dry-run", action="store_true", help="count what the feedback gives; save nothing")

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from studio.cli import Output
+from studio.core.argtypes import PORT
 
 TARGETS = ("local", "vllm", "tgi-docker", "vllm-docker", "sglang-docker", "remote", "hub", "inference-endpoint")
 # flag -> (type, help). Mirrors the target option models' fields; the models validate the values.
-FLAGS: dict[str, tuple[type, str]] = {
+FLAGS: dict[str, tuple[Callable[[str], Any], str]] = {
     "name": (str, "local / *-docker: a name for the deployment (publishing again under it replaces); "
                   "vllm: the name clients ask for (default: the run's name); inference-endpoint: its name"),
-    "port": (int, "local / vllm: the port here; *-docker: the host port mapped to the container's (TGI 80, "
+    "port": (PORT, "local / vllm: the port here; *-docker: the host port mapped to the container's (TGI 80, "
                   "vLLM 8000, SGLang 30000)"),
     "max_model_len": (int, "vllm: --max-model-len, prompt + answer tokens (default: derived from the data)"),
     "quantize": (str, "local: none|4bit; tgi-docker: a TGI --quantize value (bitsandbytes-nf4, awq, ...)"),

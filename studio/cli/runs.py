@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 from studio.cli import Output
+from studio.core.argtypes import seconds, whole
 
 
 def register(verbs, common) -> None:
@@ -21,13 +22,13 @@ def register(verbs, common) -> None:
     show.add_argument("id", help="the run id (run-...)")
     show.add_argument("--follow", "-f", action="store_true",
                       help="keep printing progress until the run ends (Ctrl+C stops following, not the run)")
-    show.add_argument("--log", type=int, default=10, metavar="N", help="how many log lines to show (default 10)")
+    show.add_argument("--log", type=whole(0), default=10, metavar="N", help="how many log lines to show (default 10)")
     show.set_defaults(handler=run_show)
 
     cancel = sub.add_parser("cancel", parents=[common],
                             help="stop a run at its next step (it saves a checkpoint and the adapter)")
     cancel.add_argument("id")
-    cancel.add_argument("--wait", type=float, default=60.0, metavar="S",
+    cancel.add_argument("--wait", type=seconds(0), default=60.0, metavar="S",
                         help="seconds to wait for it to stop (default 60; 0 = do not wait)")
     cancel.set_defaults(handler=run_cancel)
 
@@ -49,7 +50,8 @@ def register(verbs, common) -> None:
     worker = sub.add_parser("worker", parents=[common],
                             help="run the training queue in the foreground (for a machine without the web studio)")
     worker.add_argument("--once", action="store_true", help="one pass: start what can start, then exit")
-    worker.add_argument("--poll", type=float, default=2.0, metavar="S", help="seconds between passes (default 2)")
+    worker.add_argument("--poll", type=seconds(0.1), default=2.0, metavar="S",
+                        help="seconds between passes (default 2)")
     worker.set_defaults(handler=run_worker)
 
     compare = sub.add_parser("compare", parents=[common],

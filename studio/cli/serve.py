@@ -9,6 +9,7 @@ import os
 import sys
 
 from studio.cli import Output
+from studio.core.argtypes import PORT, whole
 
 
 def register(verbs, common) -> None:
@@ -20,11 +21,11 @@ def register(verbs, common) -> None:
     p.add_argument("--model", required=True, help="base model: demo-tiny, a hub id or a local folder")
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=RUN",
                    help="serve a run's adapter (a run id, run folder or adapter folder) as NAME; repeatable")
-    p.add_argument("--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080)")
+    p.add_argument("--port", type=PORT, default=8080, help="port on 127.0.0.1 (default 8080)")
     p.add_argument("--quantize", choices=["none", "4bit"], default="none",
                    help="4bit: hold the base model in NF4 (CUDA GPU only)")
-    p.add_argument("--max-total-tokens", type=int, default=None, help="prompt + answer limit per request")
-    p.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together at most (default 8)")
+    p.add_argument("--max-total-tokens", type=whole(2), default=None, help="prompt + answer limit per request")
+    p.add_argument("--max-batch-size", type=whole(1), default=8, help="requests decoded together at most (default 8)")
     p.add_argument("--dry-run", action="store_true", help="print the endpoint's command line and exit")
     p.set_defaults(handler=run)
 

@@ -8,6 +8,7 @@ import os
 import sys
 
 from studio.cli import Output
+from studio.core.argtypes import whole
 
 
 def register(verbs, common) -> None:
@@ -42,24 +43,30 @@ def register(verbs, common) -> None:
     allow.set_defaults(handler=run_allow)
 
     audit = verbs.add_parser("audit", parents=[common], help="the audit log: who did what, when, from where")
-    audit.add_argument("--limit", type=int, default=50, metavar="N", help="the newest N events (default 50)")
+    audit.add_argument("--limit", type=whole(1), default=50, metavar="N", help="the newest N events (default 50)")
     audit.add_argument("--user", default=None, help="only this user's events")
     audit.add_argument("--action", default=None, help="only actions starting with this (e.g. users, publish)")
     audit.set_defaults(handler=run_audit)
 
 
 def _password(confirm: bool = True) -> str:
+    from studio.core.errors import InvalidInput
+
     env = os.environ.get("STUDIO_PASSWORD")
     if env:
         return env
-    if not sys.stdin.isatty():
+    if not sys.stdin.isatty():  # piped: the first line is the password
         line = sys.stdin.readline().rstrip("\n")
         if line:
             return line
-    first = getpass.getpass("Password: ")
-    if confirm and getpass.getpass("Again: ") != first:
-        from studio.core.errors import InvalidInput
-
+        raise InvalidInput("No password was given (standard input is empty and STUDIO_PASSWORD is not set).",
+                           "Run the command in a terminal to be asked, pipe the password in, or set STUDIO_PASSWORD.")
+    try:
+        first = getpass.getpass("Password: ")
+        again = getpass.getpass("Again: ") if confirm else first
+    except EOFError:
+        raise InvalidInput("No password was given.", "Type it at the prompt, or set STUDIO_PASSWORD.") from None
+    if again != first:
         raise InvalidInput("The two passwords differ.", "Type the same password twice.")
     return first
 
@@ -82,7 +89,7 @@ def run_list(args, ws) -> Output:
                       "No accounts. Add one with `studio users add NAME --role admin` before exposing the studio.")
     lines = [f"{'NAME':<24} {'ROLE':<8} CREATED"]
     lines += [f"{u['name']:<24} {u['role']:<8} {u['created_at']} by {u['created_by'] or '-'}" for u in users]
-    lines.append(f"Experts may publish to: {', '.join(targets)}")
+    lines.append(f"Experts may publish to: {', '.join(targets) or 'nothing (only admins may publish)'}")
     return Output({"users": users, "expert_targets": targets}, "\n".join(lines))
 
 
@@ -96,6 +103,7 @@ def run_rm(args, ws) -> Output:
 def run_passwd(args, ws) -> Output:
     from studio.core import accounts
 
+    accounts.get_user(ws, args.name)  # an unknown name is said before a password is asked for
     accounts.set_password(ws, args.name, _password())
     return Output({"name": args.name, "password": "changed"}, f"Changed the password of {args.name}.")
 
@@ -113,7 +121,8 @@ def run_allow(args, ws) -> Output:
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     accounts.allow_targets(ws, targets, list(target_classes()))
-    return Output({"expert_targets": targets}, f"Experts may publish to: {', '.join(targets)}")
+    return Output({"expert_targets": targets},
+                  f"Experts may publish to: {', '.join(targets) or 'nothing (only admins may publish)'}")
 
 
 def run_audit(args, ws) -> Output:

@@ -87,8 +87,9 @@ def _origin(ws: Workspace, run_id: str | None) -> DatasetVersion | None:
     from studio.data.store import get_version
     from studio.training.runs import get_run
 
+    run = get_run(ws, run_id)  # a run id that names no run is refused, not saved as a standalone correction
     try:
-        version = get_version(ws, get_run(ws, run_id).dataset_id)
+        version = get_version(ws, run.dataset_id)
     except NotFound:
         return None
     root = version.mapping.get("feedback_of") if version.source_format == "feedback" else None

@@ -121,6 +121,9 @@ def export(ws: Workspace, kind: Kind, *, minimum: int = MIN_ROWS, name: str | No
     from studio.data.kinds import KINDS
     from studio.data.store import save_version
 
+    if minimum < 1:
+        raise InvalidInput(f"A minimum of {minimum} rows would save an empty dataset.", f"Use 1 or more (default "
+                                                                                       f"{MIN_ROWS}).")
     rows, counts = collect(ws, kind)
     text = counts_text(kind, counts)
     if len(rows) < minimum:

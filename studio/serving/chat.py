@@ -53,6 +53,8 @@ def flatten(content: Any) -> str:
 
 def build_messages(history: list[dict], user_text: str, system_prompt: str = "") -> list[dict]:
     """The conversation to send: system prompt, earlier turns (text only), then the new question."""
+    if not (user_text or "").strip():
+        raise InvalidInput("The question is empty.", "Type the question to ask the model.")
     messages = [{"role": "system", "content": system_prompt.strip()}] if system_prompt.strip() else []
     for turn in history or []:
         role = turn.get("role")

@@ -89,7 +89,7 @@ def _claim(ws: Workspace, endpoint: Endpoint, *, for_run: str | None, named: boo
                 clash = f"An endpoint called '{endpoint.name}' is already {other.status} ({other.id})."
             if clash:
                 conn.rollback()
-                raise Conflict(clash, "Use that endpoint, or stop it first (`studio endpoints stop`).")
+                raise Conflict(clash, f"Use that endpoint, or stop it first (`studio endpoints stop {other.id}`).")
         while conn.execute("SELECT 1 FROM endpoints WHERE id = ?", [endpoint.id]).fetchone():
             endpoint.id = new_id()  # made in the same second as another one, with the same random part
             endpoint.name = endpoint.name if named or for_run else endpoint.id
@@ -204,6 +204,16 @@ def start_for_run(ws: Workspace, run_id: str, *, port: int | None = None, wait: 
             existing = find_endpoint_for_run(ws, run_id)  # another caller won the claim: use its endpoint
             if existing is None:
                 raise
+    ignored = []
+    if port is not None and port != existing.port:
+        ignored.append(f"port {port}")
+    if quantize is not None and quantize != existing.options.get("quantize", "none"):
+        ignored.append(f"quantize {quantize}")
+    if ignored:  # a live endpoint is reused as it runs: options it does not have are refused, not dropped
+        raise Conflict(f"Run '{run_id}' is already served by the endpoint '{existing.name}' at {existing.url} "
+                       f"(port {existing.port}, quantize {existing.options.get('quantize', 'none')}), so "
+                       f"{' and '.join(ignored)} cannot apply.",
+                       f"Use that endpoint, or stop it first (`studio endpoints stop {existing.id}`) and start again.")
     return wait_ready(ws, existing.id) if wait else existing
 
 

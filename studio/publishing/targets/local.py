@@ -20,8 +20,8 @@ class LocalOptions(Options):
                       "same name replaces what runs there; rollback puts the previous version back.")
     merged: bool = Field(True, description="Serve the merged model (one folder, as a production server would) "
                          "rather than the base model with the adapter on top.")
-    port: int | None = Field(None, description="The port on this machine (empty: keep the previous one, or "
-                             "pick a free one).")
+    port: int | None = Field(None, ge=1024, le=65535, description="The port on this machine (empty: keep the "
+                             "previous one, or pick a free one).")
     quantize: Literal["none", "4bit"] = Field("none", description="'none' serves exactly the exported weights; "
                                               "'4bit' saves GPU memory (CUDA only) at a small cost in fidelity.")
 

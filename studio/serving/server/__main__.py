@@ -11,6 +11,8 @@ import logging
 import os
 import sys
 
+from studio.core.argtypes import PORT, whole
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m studio.serving.server", description=__doc__.splitlines()[0])
@@ -19,22 +21,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR",
                    help="a LoRA adapter folder to serve under NAME (repeatable)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=PORT, default=8080)
     p.add_argument("--quantize", choices=["none", "4bit"], default="none",
                    help="4bit: NF4 weights through bitsandbytes (CUDA only)")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="auto: bf16 (or fp16) on CUDA, float32 on the CPU")
-    p.add_argument("--max-total-tokens", type=int, default=None,
+    p.add_argument("--max-total-tokens", type=whole(2), default=None,
                    help="prompt + answer limit per request (default: the model's context length)")
-    p.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together at most")
-    p.add_argument("--max-batch-rows", type=int, default=None,
+    p.add_argument("--max-batch-size", type=whole(1), default=8, help="requests decoded together at most")
+    p.add_argument("--max-batch-rows", type=whole(1), default=None,
                    help="rows of batch requests (X-Studio-Priority: batch, an evaluation's) in the running batch "
                         "at most, so chat always finds a row (default: 3/4 of --max-batch-size)")
-    p.add_argument("--prefill-chunk", type=int, default=256,
+    p.add_argument("--prefill-chunk", type=whole(1), default=256,
                    help="prompt tokens read per forward: a long prompt is read in chunks between decoding steps")
-    p.add_argument("--max-concurrent-requests", type=int, default=128,
+    p.add_argument("--max-concurrent-requests", type=whole(1), default=128,
                    help="requests in flight at most; more get 429 overloaded")
-    p.add_argument("--threads", type=int, default=0,
+    p.add_argument("--threads", type=whole(0), default=0,
                    help="CPU threads for torch (default: 1 for a small model on the CPU, else torch's own)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--api-key-env", default=None, metavar="NAME",
