@@ -69,6 +69,17 @@ def test_cancel_mid_run_then_resume_to_completion(ws):
     assert done.attempts == 2
 
 
+def test_the_last_step_is_logged_whatever_log_every_says(ws):
+    """7 steps logged every 5: the run's page and curves end on step 7 (they ended on step 5)."""
+    data = save_qa_dataset(ws)
+    run = _submit(ws, data.id, max_steps=7, log_every=5, save_every=1000, eval_every=1000)
+    scheduler.schedule(ws)
+    done = scheduler.wait_for(ws, run.id, timeout=300)
+    assert done.status == "succeeded", done.error
+    steps = [e["step"] for e in _steps(run)]
+    assert steps[-1] == 7 and 5 in steps and 6 not in steps, steps
+
+
 def test_kill_9_of_the_studio_then_of_the_training_process(ws):
     data = save_qa_dataset(ws)
     run = _submit(ws, data.id, max_steps=20, save_every=4, eval_every=1000)

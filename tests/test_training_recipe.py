@@ -82,3 +82,16 @@ def test_default_targets_are_the_projections(ws, cfg):
     # float32 on the CPU; on CUDA the 4-bit model keeps its embeddings and norms in the compute dtype
     assert str(model.dtype) == f"torch.{COMPUTE_DTYPE}"
     assert bool(getattr(model, "is_loaded_in_4bit", False)) is CUDA
+
+
+def test_examples_kept_counts_examples_not_packed_rows():
+    """Packing puts several examples in a row: the notice about skipped and cut examples counts the examples
+    (45 short rows packed into 2 used to read as '43 of 45 examples had no answer left')."""
+    from trl.data_utils import pack_dataset
+
+    from studio.training.run import _examples_kept
+
+    rows = datasets.Dataset.from_dict({"input_ids": [[1, 2, 3]] * 9 + [list(range(20))]})
+    assert _examples_kept(rows, 16) == (10, 1)
+    packed = pack_dataset(rows, seq_length=16)
+    assert len(packed) < 10 and _examples_kept(packed, 16) == (10, 1)

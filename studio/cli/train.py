@@ -59,7 +59,7 @@ def run(args, ws) -> Output | None:
         raise InvalidInput("No base model was given.", "Add --model M (see `studio models list`), or --from RUN.")
     args.preset = args.preset or (args.method if args.method in ("dpo", "orpo", "kto") else "balanced")
     cfg = build_config(model, args.data, args.preset, overrides)
-    planned = submit.plan(ws, cfg)
+    planned = submit.plan(ws, cfg, from_run=args.from_run)
     if args.dry_run:
         settings = "\n".join(f"  {k}: {v}" for k, v in cfg.model_dump(mode="json").items())
         return Output({"config": cfg.model_dump(mode="json"), "fit_check": planned.estimate},

@@ -46,6 +46,13 @@ class ParamCount(BaseModel):
         return sum(self.lora_io[t] for t in chosen)
 
 
+    def unknown_targets(self, targets: list[str]) -> list[str]:
+        """The names in `targets` that match no linear layer of the blocks nor the LM head (peft matches a
+        name against the end of each module's path, so `q_proj` and `self_attn.q_proj` both name q_proj)."""
+        known = {*self.lora_io, "lm_head"}
+        return [t for t in targets if t.rpartition(".")[2] not in known]
+
+
 _COUNTED: dict[str, ParamCount] = {}  # this process's counts, by config
 
 

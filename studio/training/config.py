@@ -6,6 +6,7 @@ the field descriptions are the help text the Train tab shows beside each control
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Literal
 
 import yaml
@@ -152,6 +153,12 @@ class TrainConfig(BaseModel):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _modules_as_text(cls, value: Any) -> Any:
+        """`q_proj,v_proj` or `q_proj v_proj`, as people type them in a form or after --set, is a list."""
+        return value.replace(",", " ").split() if isinstance(value, str) else value
+
     @field_validator("target_modules")
     @classmethod
     def _modules(cls, value: list[str]) -> list[str]:
@@ -174,6 +181,12 @@ PRESET_FIELDS = tuple(name for name in TrainConfig.model_fields if name not in (
                                                                                 "processes"))
 
 
+# what people type, from other trainers' flags, for the studio's setting names
+ALIASES = {"lr": "learning_rate", "rank": "lora_r", "r": "lora_r", "alpha": "lora_alpha", "steps": "max_steps",
+           "num_train_epochs": "epochs", "batch_size": "micro_batch_size", "per_device_train_batch_size":
+           "micro_batch_size", "gradient_accumulation_steps": "gradient_accumulation", "max_seq_length": "max_length"}
+
+
 def field_help(name: str) -> str:
     return TrainConfig.model_fields[name].description or ""
 
@@ -181,8 +194,10 @@ def field_help(name: str) -> str:
 def parse_value(name: str, text: str) -> Any:
     """Turn `--set key=value` text into a value of the field's kind (YAML rules: 2e-4, true, [a, b])."""
     if name not in TrainConfig.model_fields:
+        near = difflib.get_close_matches(name, [*PRESET_FIELDS, *ALIASES], n=1, cutoff=0.6)
+        meant = ALIASES.get(near[0], near[0]) if near else ALIASES.get(name)
         raise InvalidInput(
-            f"'{name}' is not a training setting.",
+            f"'{name}' is not a training setting." + (f" Did you mean '{meant}'?" if meant else ""),
             f"Known settings: {', '.join(PRESET_FIELDS)}.",
         )
     try:

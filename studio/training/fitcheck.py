@@ -116,6 +116,7 @@ class FitEstimate(BaseModel):
     suggestion: str = ""
     changes: dict[str, Any] = {}
     notice: str | None = None
+    advice: str = ""  # a run too short to teach much, and what gives it more steps
     processes: int = 1  # several: the memory above is per process (studio/training/strategy.py)
     strategy: str | None = None  # "ddp" | "fsdp" for several processes
     strategy_reason: str = ""
@@ -140,7 +141,12 @@ class FitEstimate(BaseModel):
             lines.append(self.suggestion)
         if self.notice:
             lines.append(self.notice)
+        if self.advice:
+            lines.append(self.advice)
         return "\n".join(lines)
+
+
+FEW_STEPS = 30  # fewer learning steps than this barely move an adapter (the learning rate warms up and decays)
 
 
 def gb(size: float) -> str:
@@ -273,6 +279,12 @@ def estimate(
         tokens=tokens,
         seconds=round(seconds, 1),
     )
+    if 0 < steps < FEW_STEPS and not cfg.max_steps:
+        per_epoch_steps = steps / cfg.epochs
+        epochs = math.ceil(FEW_STEPS / per_epoch_steps)
+        result.advice = (f"Only {steps} learning step{'s' if steps > 1 else ''}: on {rows:,} rows the adapter will "
+                         f"change little. For more, raise epochs to about {epochs}, lower gradient_accumulation, "
+                         f"or set max_steps (the quick-test preset takes 100 steps).")
     if not on_gpu and cfg.method == "qlora":
         result.notice = "No CUDA GPU: this run would train with LoRA in 32-bit on the CPU (no 4-bit)."
     free = _free_bytes(gpu) if on_gpu else available_bytes

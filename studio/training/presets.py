@@ -82,6 +82,9 @@ def build_config(
     overrides: dict[str, Any] | None = None,
 ) -> TrainConfig:
     """TrainConfig defaults, then the preset, then the user's overrides; validated as one."""
+    for value, what, flag in ((base_model, "base model", "--model"), (dataset_id, "dataset version", "--data")):
+        if not (value or "").strip():
+            raise InvalidInput(f"No {what} was chosen.", f"Pick one ({flag} on the command line).")
     chosen = load_preset(preset)
     overrides = dict(overrides or {})
     per_run = [k for k in _PLACEHOLDER if k in overrides]

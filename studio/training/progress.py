@@ -75,6 +75,8 @@ class Progress(TrainerCallback):
         self.folder.write_status("running", step=state.global_step, max_steps=state.max_steps)
 
     def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps > 0:
+            control.should_log = True  # the last step is logged too: the run's page ends on it, not on step 5 of 7
         if distributed.sync_stop(self.stop.is_set(), args.device):
             self.stop.set()  # a rank that was not signalled itself stops with the others (and says cancelled)
             control.should_training_stop = True

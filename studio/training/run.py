@@ -168,13 +168,12 @@ def train(folder: RunFolder, cfg: TrainConfig, stop: threading.Event, clock: Clo
         peft_config=peft_config,
         callbacks=[progress],
     )
-    kept = len(trainer.train_dataset)
+    kept, cut = _examples_kept(trainer.train_dataset, cfg.max_length)
     if kept == 0:
         raise EmptyDataset(
             f"all {len(train_set)} examples were dropped: their answers fall beyond max_length "
             f"({cfg.max_length} tokens) or are empty."
         )
-    cut = _rows_at_least(trainer.train_dataset, cfg.max_length)
     if kept < len(train_set) or cut:
         message = (
             f"{len(train_set) - kept} of {len(train_set)} examples had no answer left within max_length "
@@ -236,6 +235,17 @@ def read_split(path: Path, cache_dir: Path | None = None) -> Any:
     if cache_dir is None or path.stat().st_size <= limit or pq.ParquetFile(path).metadata.num_rows == 0:
         return datasets.Dataset(pq.read_table(path))
     return datasets.Dataset.from_parquet(str(path), cache_dir=str(cache_dir), keep_in_memory=False)
+
+
+def _examples_kept(dataset: Any, length: int) -> tuple[int, int]:
+    """How many examples the trainer kept, and how many of them were cut at `length` tokens. Packed, a row
+    holds several examples, their lengths in TRL's `seq_lengths` (one cut short fills `length` exactly)."""
+    import pyarrow.compute as pc
+
+    if "seq_lengths" not in dataset.column_names:
+        return len(dataset), _rows_at_least(dataset, length)
+    lengths = pc.list_flatten(dataset.with_format("arrow")[:]["seq_lengths"])
+    return len(lengths), int(pc.sum(pc.greater_equal(lengths, length)).as_py() or 0)
 
 
 def _rows_at_least(dataset: Any, length: int) -> int:

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from studio.core import access, audit
 from studio.core.db import now
-from studio.core.errors import ResourceError
+from studio.core.errors import InvalidInput, ResourceError
 from studio.core.files import disk_full_says, new_folder, write_json_atomic
 from studio.training import launchers, lineage
 from studio.training.config import TrainConfig, load_yaml
@@ -22,6 +22,7 @@ from studio.training.runs import Run, get_run
 
 if TYPE_CHECKING:
     from studio.core.workspace import Workspace
+    from studio.models.params import ParamCount
     from studio.training.fitcheck import FitEstimate
 
 
@@ -38,8 +39,9 @@ class Plan(BaseModel):
 # ------------------------------------------------------------------------------------------ planning
 
 
-def plan(ws: Workspace, cfg: TrainConfig) -> Plan:
-    """The fit check for `cfg` on this machine: the first GPU (or the CPU), this dataset's lengths."""
+def plan(ws: Workspace, cfg: TrainConfig, *, from_run: str | None = None) -> Plan:
+    """The fit check for `cfg` on this machine: the first GPU (or the CPU), this dataset's lengths. Refuses what
+    submit would refuse about the data, the processes, the run to continue (`from_run`) and target_modules."""
     import psutil
 
     from studio.core.errors import ModelUnavailable
@@ -52,6 +54,8 @@ def plan(ws: Workspace, cfg: TrainConfig) -> Plan:
     from studio.training.strategy import check_processes, spread
 
     check_objective(get_version(ws, cfg.dataset_id), cfg)  # a missing or unsuitable dataset is refused first
+    if from_run:
+        lineage.parent_for(ws, from_run, cfg)
     shape = model_shape(ws, cfg.base_model)
     found = gpus()
     check_processes(cfg.processes, found)
@@ -67,13 +71,29 @@ def plan(ws: Workspace, cfg: TrainConfig) -> Plan:
     except ModelUnavailable:  # a local folder that is not a model: the run itself will say so
         stats = {}
     try:
-        count_params(shape.hf_config(), cache=params_cache(ws))  # read back (no torch) once counted in this workspace
+        counted = count_params(shape.hf_config(), cache=params_cache(ws))  # no torch once counted in this workspace
+        tail = _check_targets(cfg, counted) + tail
         estimate = fitcheck.estimate(shape, cfg, stats, gpu, available_bytes=psutil.virtual_memory().available)
         estimate = spread(estimate, cfg, shape, gpu, psutil.virtual_memory().available)
     except ModelUnavailable as exc:  # an architecture transformers cannot build: it cannot train it either
         return Plan(config=cfg, summary=f"No fit check: {exc}{tail}", device=device, download=download)
     return Plan(config=cfg, estimate=estimate.model_dump(), summary=estimate.summary() + tail, device=device,
                 download=download)
+
+
+def _check_targets(cfg: TrainConfig, counted: ParamCount) -> str:
+    """Refuse target_modules that name no layer of this model (peft would fail the run when it starts); a
+    sentence for the fit check when only some of them are unknown (peft leaves those out)."""
+    unknown = counted.unknown_targets(cfg.target_modules)
+    if not unknown:
+        return ""
+    layers = ", ".join(sorted(counted.lora_io))
+    if len(unknown) == len(cfg.target_modules):
+        raise InvalidInput(f"target_modules: '{cfg.base_model}' has no layer called {', '.join(unknown)}.",
+                           f"Name some of its linear layers ({layers}), or leave target_modules empty for all of "
+                           "them.")
+    return (f"\n\ntarget_modules: '{cfg.base_model}' has no layer called {', '.join(unknown)}; the adapter goes on "
+            f"the others only. Its linear layers: {layers}.")
 
 
 # ------------------------------------------------------------------------------------------ submitting
