@@ -189,7 +189,9 @@ def test_evaluate_tab_through_gradio_client(trained_run, run_endpoint):
         summary, results, compared, past, _ = client.predict(trained_run.run_id, GOLDEN, table, 16, 2,
                                                              api_name="/eval_run")
         assert "Tuned model" in summary and "2 questions" in summary
-        assert [row[0] for row in results["data"]] == [r[0] for r in table["data"][:2]]
+        # the sample golden set's first question is a training question of the run (its second is not): marked
+        assert [row[0] for row in results["data"]] == ["(in training) How do I reset my password?",
+                                                       "What is your return policy?"]
         assert len(compared["data"]) >= 1
         question, answer_a, answer_b, progress = client.predict(past["value"], api_name="/eval_ab_start")
         assert "Question 1 of 2" in question and answer_a != answer_b and "0 of 2 voted" in progress
@@ -206,3 +208,20 @@ def test_evaluating_an_unknown_run_is_refused(ws):
 
     with pytest.raises(NotFound, match="no run 'run-nope'"):
         evaluate_run(ws, "run-nope")
+
+
+def test_golden_questions_that_are_training_rows_are_found_and_said(ws):
+    """A golden set made of training questions measures recall, not answering: the evaluation says how many."""
+    from conftest import FAQ_PAIRS, save_qa_dataset
+
+    from studio.evaluation.golden import GoldenItem, seen_in_training, seen_sentence
+
+    version = save_qa_dataset(ws)
+    first, second = FAQ_PAIRS[0][0], FAQ_PAIRS[1][0]
+    golden = [GoldenItem(question="Is there a phone number I can call?", reference="No."),
+              GoldenItem(question=f"  {first.upper().rstrip('?')} !", reference="x"),  # case and punctuation aside
+              GoldenItem(question=second, reference="y")]
+    assert seen_in_training(ws, version.id, golden) == [1, 2]
+    assert seen_sentence({"seen_in_training": 2, "questions": 3}).startswith("⚠️ 2 of 3 golden questions are also")
+    assert seen_sentence({"seen_in_training": 0, "questions": 3}) == ""
+    assert seen_in_training(ws, "ds-gone", golden) == []

@@ -104,6 +104,10 @@ def test_import_check_save_then_start_follow_and_cancel_a_run(studio):
     saved = studio("/data_save", **columns, **{"Version name": "faq by api"})
     dataset_id = saved["Version"]
     assert "Saved" in saved["#0"] and dataset_id in saved["#0"]
+    from studio.core import access, audit  # no login here: the machine's user, from the web client's address
+
+    made = next(e for e in audit.events(studio.ws) if e["action"] == "data.import" and e["target"] == dataset_id)
+    assert (made["actor"], made["origin"]) == (access.machine_actor().name, "127.0.0.1"), made
 
     # train: the list of versions (refreshed as the page does: a dropdown only takes the choices it was last
     # given), the preset's values, the fit check, start
@@ -184,7 +188,10 @@ def test_evaluate_publish_and_chat_with_a_trained_run_by_api(studio, trained_run
         "Held-out rows for the loss": 2})
     assert "2 questions" in evaluation["#0"] and "Tuned model" in evaluation["#0"]
     results = evaluation["Every question: both answers and their scores (click a cell for its full text)"]["data"]
-    assert [row[0] for row in results] == ["How do I reset my password?", "Where is my order?"]
+    # both are training questions of the run (conftest's FAQ), and the evaluation says so
+    assert [row[0] for row in results] == ["(in training) How do I reset my password?",
+                                           "(in training) Where is my order?"]
+    assert "All golden questions are also in the run's training data" in evaluation["#0"]
 
     # publish: the adapter on the base model, on this machine, verified (plain Python functions: positional)
     options = {"name": "api", "merged": False}

@@ -58,15 +58,23 @@ def golden_from_rows(rows: list[list[Any]] | list[dict], source: str = "the tabl
         raise InvalidInput(f"In {source}, {'; '.join(problems[:3])}{more}.",
                            "Fill in both the question and the reference answer, or clear the row.")
     if not items:
-        raise InvalidInput(f"{source.capitalize()} has no questions.",
+        raise InvalidInput(f"{source[:1].upper()}{source[1:]} has no questions.",
                            "Add rows with a question and the answer you expect.")
     return items
 
 
 def read_golden(path: str | Path) -> list[GoldenItem]:
     """A CSV (or JSONL) with a question column and a reference-answer column."""
-    path = Path(path)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InvalidInput(f"The golden set {path} {'is a folder' if path.is_dir() else 'does not exist'}.",
+                           "Give the path of a CSV (or JSONL) file with question and reference_answer columns.")
     raw = path.read_bytes()
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16, as spreadsheet programs save "Unicode text"
+        raw = raw.decode("utf-16").encode("utf-8")
+    if b"\x00" in raw[:8192]:
+        raise InvalidInput(f"{path.name} is not a text file.",
+                           "Save the golden set as CSV (or JSONL) with question and reference_answer columns.")
     if path.suffix.lower() in (".jsonl", ".json"):
         try:
             records = [json.loads(line) for line in raw.decode("utf-8-sig").splitlines() if line.strip()]
@@ -127,3 +135,39 @@ def run_golden_set(ws: Workspace, run_id: str) -> tuple[dict[str, Any], list[Gol
     origin = {"kind": "golden", "evaluation": rows[0]["id"], "name": rows[0]["golden_set"],
               "hash": rows[0].get("golden_hash") or golden_hash(items)}
     return origin, items
+
+
+def seen_in_training(ws: Workspace, dataset_id: str, golden: list[GoldenItem]) -> list[int]:
+    """The golden questions (their positions) that are also a question of the dataset's training rows, compared
+    as the split compares them (lower case, punctuation dropped): scores on those measure how well the model
+    repeats what it was trained on, not how it answers a question it has not seen."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from studio.core.errors import NotFound
+    from studio.data.checks import normalise
+    from studio.data.store import get_version
+
+    try:
+        messages = pq.read_table(get_version(ws, dataset_id).split_path("train"), columns=["messages"])["messages"]
+    except (NotFound, OSError, KeyError):
+        return []
+    turns = pc.list_flatten(messages)
+    if not len(turns):
+        return []
+    asked = pc.filter(pc.struct_field(turns, "content"), pc.equal(pc.struct_field(turns, "role"), "user"))
+    trained = pc.unique(normalise(asked.combine_chunks() if isinstance(asked, pa.ChunkedArray) else asked))
+    mine = normalise(pa.array([item.question for item in golden], pa.string()))
+    return [int(i) for i in pc.indices_nonzero(pc.is_in(mine, value_set=trained)).to_pylist()]
+
+
+def seen_sentence(summary: dict[str, Any]) -> str:
+    """The warning an evaluation carries when its golden questions were in the training data (empty if none)."""
+    seen, total = summary.get("seen_in_training") or 0, summary.get("questions") or 0
+    if not seen:
+        return ""
+    which = "All" if seen == total else f"{seen} of {total}"
+    return (f"⚠️ {which} golden questions are also in the run's training data: on those, the scores show how "
+            "well the model repeats what it was trained on, not how it answers new questions. For a fair test, "
+            "ask questions it has not seen.")

@@ -24,7 +24,7 @@ from studio.core import access
 from studio.core.db import now
 from studio.core.errors import Conflict, InvalidInput, NotFound
 from studio.core.files import new_folder
-from studio.evaluation.golden import GoldenItem, golden_hash, heldout_items
+from studio.evaluation.golden import GoldenItem, golden_hash, heldout_items, seen_in_training
 from studio.evaluation.scores import SCORES, closer_counts, score
 
 if TYPE_CHECKING:
@@ -88,6 +88,8 @@ def evaluate_run(
                        "Evaluate it once it has succeeded.")
     if not 1 <= max_new_tokens <= 4096:
         raise InvalidInput(f"Max new tokens {max_new_tokens} is out of range.", "Use 1 to 4096.")
+    if heldout_rows < 1:
+        raise InvalidInput(f"Held-out rows {heldout_rows} is out of range.", "Use 1 or more (default 50).")
     system_prompt = _system_prompt(ws, run.dataset_id)
     kind = "golden" if golden else "heldout"
     if golden is None:
@@ -108,6 +110,11 @@ def evaluate_run(
         if already is None:
             endpoints.stop_endpoint(ws, endpoint.id)
     summary = _summarize(items, loss, max_new_tokens)
+    if kind == "golden":  # held-out rows are kept apart from training by the split itself
+        seen = seen_in_training(ws, run.dataset_id, golden)
+        for index in seen:
+            items[index]["in_training"] = True
+        summary["seen_in_training"] = len(seen)
     evaluation = _store(ws, run_id, golden, golden_name or "golden set", kind, items, summary)
     progress(1.0, "done")
     return evaluation
