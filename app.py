@@ -44,8 +44,7 @@ def main() -> None:
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
-    if has_accounts:
-        session.install(ws, env_login)
+    session.install(ws, env_login, login=has_accounts)
     app = build_app(ws, warning=warning)
     # what ran through a restart: endpoints and exports re-adopted or failed with how they ended, a publish
     # cut short by a crash failed (not left "publishing"); then the training queue re-adopts its runs and

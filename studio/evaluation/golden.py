@@ -33,8 +33,10 @@ def _pick(header: list[str], names: tuple[str, ...]) -> int | None:
     return next((lowered.index(n) for n in names if n in lowered), None)
 
 
-def golden_from_rows(rows: list[list[Any]] | list[dict], source: str = "the table") -> list[GoldenItem]:
-    """Rows of (question, reference answer); blank rows are skipped, half-filled ones refused."""
+def golden_from_rows(rows: list[list[Any]] | list[dict], source: str = "the table",
+                     empty_fix: str = "Add rows with a question and the answer you expect.") -> list[GoldenItem]:
+    """Rows of (question, reference answer); blank rows are skipped, half-filled ones refused; none at all is
+    refused with `empty_fix` (where the rows can come from)."""
     items, problems = [], []
     for number, row in enumerate(rows, 1):
         if isinstance(row, dict):
@@ -58,8 +60,7 @@ def golden_from_rows(rows: list[list[Any]] | list[dict], source: str = "the tabl
         raise InvalidInput(f"In {source}, {'; '.join(problems[:3])}{more}.",
                            "Fill in both the question and the reference answer, or clear the row.")
     if not items:
-        raise InvalidInput(f"{source[:1].upper()}{source[1:]} has no questions.",
-                           "Add rows with a question and the answer you expect.")
+        raise InvalidInput(f"{source[:1].upper()}{source[1:]} has no questions.", empty_fix)
     return items
 
 

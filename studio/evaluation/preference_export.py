@@ -108,7 +108,8 @@ def counts_text(kind: Kind, counts: dict[str, int]) -> str:
     parts = [f"{counts['ab_votes']} from blind A/B votes", f"{counts['corrections']} from corrections"]
     if kind == "kto":
         parts.append(f"{counts['thumbs']} from thumbs up/down")
-    return f"{sum(counts.values())} {unit}: " + ", ".join(parts)
+    total = sum(counts.values())
+    return f"{total} {unit if total != 1 else unit[:-1]}: " + ", ".join(parts)
 
 
 def export(ws: Workspace, kind: Kind, *, minimum: int = MIN_ROWS, name: str | None = None,
@@ -130,8 +131,8 @@ def export(ws: Workspace, kind: Kind, *, minimum: int = MIN_ROWS, name: str | No
         more = ("vote in more blind A/B comparisons (Evaluate tab) or correct more answers in the Chat tab"
                 if kind == "preference" else "rate more answers with thumbs up/down in the Chat tab, vote in blind "
                                              "A/B comparisons or correct answers")
-        extra = (f" ({counts_text('kto', collect(ws, 'kto')[1])} would make a KTO dataset: --kind kto)"
-                 if kind == "preference" else "")
+        extra = (f" A KTO dataset would hold {counts_text('kto', collect(ws, 'kto')[1])} (the kind 'kto'; "
+                 "--kind kto on the command line)." if kind == "preference" else "")
         raise InvalidInput(
             f"Too little feedback to train on: {text}; at least {minimum} are needed.{extra}",
             f"To get more, {more}.",

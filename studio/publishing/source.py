@@ -227,7 +227,6 @@ def _local_context(ws: Workspace, source: RunSource) -> int | None:
 
 def publishable_runs(ws: Workspace) -> list[tuple[str, str]]:
     """(label, run id) of every run that succeeded, newest first: what the Publish tab offers."""
-    with ws.db() as db:
-        rows = list(db["runs"].rows_where("status = 'succeeded'", order_by="created_at desc, rowid desc",
-                                          select="id, name, base_model, dataset_id, finished_at, created_at"))
-    return [(f"{r['name'] or r['id']} — {r['base_model']} on {r['dataset_id']} ({r['id']})", r["id"]) for r in rows]
+    from studio.training.runs import list_runs
+
+    return [(run.label, run.id) for run in list_runs(ws, "succeeded")]

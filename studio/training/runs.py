@@ -81,6 +81,18 @@ class Run(BaseModel):
         return RunFolder(Path(self.path))
 
     @property
+    def label(self) -> str:
+        """How a list names it: what it is, how it was trained, when it ended and its last loss, then its id
+        (two runs of one model on one dataset are told apart before the id)."""
+        from studio.core.timetext import short
+
+        objective = self.config.get("objective", "sft")
+        parts = [self.name or self.id, objective.upper() if objective != "sft" else "", self.preset,
+                 short(self.finished_at or self.created_at)[5:],
+                 f"loss {self.loss:.2f}" if self.loss is not None else ""]
+        return " · ".join(p for p in parts if p) + f" ({self.id})"
+
+    @property
     def progress(self) -> float:
         if self.status == "succeeded":
             return 1.0

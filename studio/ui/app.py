@@ -42,7 +42,11 @@ def build_app(ws: Workspace, warning: str | None = None) -> gr.Blocks:
             elem_id="studio-header",
         )
         signed_in = gr.Markdown("", elem_id="studio-user")
-        app.load(lambda: session.who(ws), outputs=signed_in, api_visibility="private")
+
+        def who(request: gr.Request) -> str:
+            return session.who(ws, request)
+
+        app.load(who, outputs=signed_in, api_visibility="private")
         bar = statusbar.strip()  # device, queue, endpoints: visible from every tab
         with gr.Tabs(elem_id="studio-tabs") as tabs:
             for label, module, purpose, issue in TABS:

@@ -35,7 +35,7 @@ def sources(ws: Workspace) -> list[tuple[str, str]]:
     choices = []
     for run in list_runs(ws):
         if run.status in ("succeeded", "cancelled") and (Path(run.path) / "adapter" / "adapter_config.json").exists():
-            choices.append((f"Run: {run.name or run.id} ({run.id})", run.id))
+            choices.append((f"Run: {run.label}", run.id))
     for ep in endpoints.list_endpoints(ws, include_stopped=False):
         if not (ep.run_id and ep.run_id in ep.adapters):  # a run's own endpoint is listed as the run
             choices.append((f"Endpoint: {ep.name} — {ep.url} ({ep.kind})", ep.id))
@@ -156,8 +156,11 @@ def build(ws: Workspace) -> None:
         right = gr.Chatbot(label="Tuned model", height=CHAT_HEIGHT, elem_id="chat-right",
                            feedback_options=("Like", "Dislike"))
     with gr.Row(equal_height=True):
-        message = gr.Textbox(label="Your question", lines=2, placeholder="Ask something from your field…", scale=5,
-                             info="Both panes get exactly this question; press Send (or Enter).", elem_id="chat-input")
+        # one line that grows to six: Enter sends (Gradio sends a taller box on Shift+Enter only)
+        message = gr.Textbox(label="Your question", lines=1, max_lines=6, placeholder="Ask something from your field…",
+                             scale=5, elem_id="chat-input",
+                             info="Both panes get exactly this question. Enter sends it; Shift+Enter starts a new "
+                                  "line.")
         with gr.Column(scale=1, min_width=160):
             send = gr.Button("Send", variant="primary")
             clear = gr.Button("Clear the conversation", size="sm")
@@ -292,6 +295,7 @@ def build(ws: Workspace) -> None:
             same = (picked or {}).get("pane") == pane and (picked or {}).get("index") == index
             if same and (typed or "").strip() and typed != answer:  # a correction being written is kept
                 return gr.skip(), gr.skip(), gr.skip(), gr.Accordion(open=True)
+            gr.Info("Write the right answer in 'Correct an answer' below the chat, then save it.")
             return ({"pane": pane, "index": index, "history": history}, answer, answer,
                     gr.Accordion(open=True))
         return handler
@@ -319,8 +323,9 @@ def build(ws: Workspace) -> None:
     add.click(add_server, [url, key_env], [source, url], api_name="chat_add_server")
     inputs = [source, message, left_model, right_model, left, right, system, temperature, top_p, max_new, seed]
     outputs = [left, right, message, as_curl, as_python, status, target]
-    send.click(send_message, inputs, outputs, api_name="chat_send")
-    message.submit(send_message, inputs, outputs)
+    # a refusal ("pick a run first") marks the status line, not the panes and the typed question
+    send.click(send_message, inputs, outputs, api_name="chat_send", show_progress_on=status)
+    message.submit(send_message, inputs, outputs, show_progress_on=status)
     clear.click(lambda: ([], []), None, [left, right], api_name="chat_clear")
     for pane, box in (("left", left), ("right", right)):
         box.like(on_thumb(pane), [box, system, target, source, disliked, corrected],

@@ -224,13 +224,15 @@ def build(ws: Workspace) -> None:
                            file_types=[".csv", ".tsv", ".txt", ".xlsx", ".jsonl", ".json", ".parquet"])
     check = gr.Button("3. Check and preview", variant="primary")
     summary = gr.Markdown(elem_id="data-summary")
-    with gr.Accordion("What the model will read", open=True):
-        preview = gr.HTML()
-    with gr.Accordion("Checks", open=True):
-        checks = gr.Dataframe(interactive=False, wrap=True)
-        with gr.Row():
-            plot = gr.Plot(label="Tokens per conversation", scale=3)
-            rejected = gr.File(label="rejected.csv: every rejected row with its reason", interactive=False, scale=1)
+    with gr.Column(visible=False) as report_box:  # shown by a check: empty, its table and chart looked broken
+        with gr.Accordion("What the model will read", open=True):
+            preview = gr.HTML()
+        with gr.Accordion("Checks", open=True):
+            checks = gr.Dataframe(interactive=False, wrap=True)
+            with gr.Row():
+                plot = gr.Plot(label="Tokens per conversation", scale=3)
+                rejected = gr.File(label="rejected.csv: every rejected row with its reason", interactive=False,
+                                   scale=1)
     with gr.Row():
         name = gr.Textbox(label="Version name", scale=3, info="Defaults to the file name. You can rename it later.")
         save = gr.Button("4. Save dataset version", variant="primary", scale=1)
@@ -321,6 +323,7 @@ def build(ws: Workspace) -> None:
         message = (f"✅ Saved **{version.id}** ('{version.name}'): {version.rows_train} training and "
                    f"{version.rows_val} validation rows. Pick it in the Train tab."
                    if created else f"This content is already saved as **{version.id}** ('{version.name}').")
+        gr.Info(message.replace("**", "").removeprefix("✅ "))  # the message itself is below the preview
         return st, message, versions_frame(ws), gr.update(choices=_version_ids(ws), value=version.id)
 
     def show_version(dataset_id: str | None):
@@ -360,9 +363,11 @@ def build(ws: Workspace) -> None:
     sheet.input(lambda st, s: inspect(st.get("path"), s), [state, sheet], inspected)
     header.input(lambda st, h: inspect(st.get("path"), st.get("sheet"), h), [state, header], inspected)
     use_sample.click(pick_sample, [sample], inspected, api_name="data_use_sample")
-    check.click(run_checks, [state, *roles, *settings], [state, summary, preview, checks, rejected, plot, name],
-                api_name="data_check")
-    save.click(save_version, [state, *roles, *settings], [state, saved, versions, version_id], api_name="data_save")
+    checked = check.click(run_checks, [state, *roles, *settings],
+                          [state, summary, preview, checks, rejected, plot, name], api_name="data_check")
+    checked.success(lambda: gr.Column(visible=True), None, report_box, api_visibility="private")
+    save.click(save_version, [state, *roles, *settings], [state, saved, versions, version_id], api_name="data_save",
+               show_progress_on=saved)  # a refusal marks the message, not the saved versions' table
     show.click(show_version, [version_id], [version_detail, version_preview], api_name="data_show")
     rename.click(rename_version, [version_id, new_name], [version_detail, versions], api_name="data_rename")
     delete.click(delete_version, [version_id], [version_detail, versions, version_id, version_preview],

@@ -13,7 +13,7 @@ from studio.core.errors import StudioError
 from studio.core.paths import SAMPLES
 from studio.core.workspace import Workspace
 from studio.evaluation.ab import ab_pairs, ab_tally, ab_vote
-from studio.evaluation.golden import golden_from_rows, read_golden
+from studio.evaluation.golden import golden_from_rows, read_golden, seen_sentence
 from studio.evaluation.runner import Evaluation, compare, evaluate_run, get_evaluation, list_evaluations
 from studio.evaluation.scores import closer_sentence
 from studio.evaluation.versus import KIND, evaluate_versus, parent_of, win_rate
@@ -35,10 +35,14 @@ HELD_OUT = "The run's held-out rows"
 GOLDEN = "My golden set (the table below)"
 
 
+TABLE_FIX = ("Type or paste your questions and the answers you expect into the table, upload a CSV, or press "
+             "'Use the sample golden set' to try it.")
+
+
 def finished_runs(ws: Workspace) -> list[tuple[str, str]]:
     from studio.training.runs import list_runs
 
-    return [(f"{r.name or r.id} ({r.id})", r.id) for r in list_runs(ws)
+    return [(r.label, r.id) for r in list_runs(ws)
             if r.status in ("succeeded", "cancelled") and (Path(r.path) / "adapter" / "adapter_config.json").exists()]
 
 
@@ -77,6 +81,8 @@ def summary_markdown(ev: Evaluation) -> str:
             f"\n\n{closer_sentence(better, 'the tuned model', 'the base model', bold=True)}")
     if s.get("heldout_rows"):
         text += f" Loss measured on {s['heldout_rows']} held-out rows ({s['heldout_tokens']} answer tokens)."
+    if seen_sentence(s):
+        text += f"\n\n{seen_sentence(s)}"
     if s.get("ab"):
         ab = s["ab"]
         text += (f"\n\nBlind votes: tuned **{ab['tuned']}**, base **{ab['base']}**, tie {ab['tie']} "
@@ -87,7 +93,7 @@ def summary_markdown(ev: Evaluation) -> str:
 def results_frame(ev: Evaluation) -> pd.DataFrame:
     base, tuned = ("old run", "new run") if ev.kind == KIND else ("base", "tuned")
     return pd.DataFrame([{
-        "question": i["question"], "your answer": i["reference"],
+        "question": ("(in training) " if i.get("in_training") else "") + i["question"], "your answer": i["reference"],
         f"{base} answer": i["base"]["answer"], f"{base} F1": round(i["base"]["token_f1"], 3),
         f"{tuned} answer": i["tuned"]["answer"], f"{tuned} F1": round(i["tuned"]["token_f1"], 3),
         f"{tuned} ROUGE-L": round(i["tuned"]["rouge_l"], 3), f"{tuned} exact": int(i["tuned"]["exact_match"]),
@@ -160,13 +166,15 @@ def build(ws: Workspace) -> None:
                                    "set; then vote blind between their answers below.")
         versus = gr.Button("Compare with the earlier run", scale=1)
     summary = gr.Markdown(elem_id="eval-summary")
-    # long answers are cut at 120 characters (click a cell for all of it); the tables scroll inside themselves
-    results = gr.Dataframe(label="Every question: both answers and their scores (click a cell for its full text)",
-                           wrap=True, interactive=False, max_chars=120, column_widths=RESULT_WIDTHS, max_height=420,
-                           elem_classes="studio-numbers", elem_id="eval-results")
-    compared = gr.Dataframe(label="All runs evaluated on this same golden set", wrap=True, interactive=False,
-                            column_widths=COMPARE_WIDTHS, max_height=300, elem_classes="studio-numbers",
-                            elem_id="eval-compared")
+    # long answers are cut at 120 characters (click a cell for all of it); the tables scroll inside themselves.
+    # Hidden until an evaluation fills them: empty, they looked broken.
+    with gr.Column(visible=False) as tables:
+        results = gr.Dataframe(label="Every question: both answers and their scores (click a cell for its full "
+                               "text)", wrap=True, interactive=False, max_chars=120, column_widths=RESULT_WIDTHS,
+                               max_height=420, elem_classes="studio-numbers", elem_id="eval-results")
+        compared = gr.Dataframe(label="All runs evaluated on this same golden set", wrap=True, interactive=False,
+                                column_widths=COMPARE_WIDTHS, max_height=300, elem_classes="studio-numbers",
+                                elem_id="eval-compared")
     with gr.Accordion("Earlier evaluations", open=False):
         past = gr.Dropdown(label="Evaluation", choices=evaluations(ws), info="Open an earlier evaluation.")
     with gr.Accordion("Blind A/B: which answer is better?", open=False):
@@ -221,7 +229,7 @@ def build(ws: Workspace) -> None:
             golden = None
             if which == GOLDEN:
                 frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
-                golden = golden_from_rows(frame.values.tolist(), source="the golden set table")
+                golden = golden_from_rows(frame.values.tolist(), source="the golden set table", empty_fix=TABLE_FIX)
             ev = evaluate_run(ws, run_id, golden, golden_name="golden set from the Evaluate tab",
                                        max_new_tokens=int(tokens), heldout_rows=int(loss_rows),
                                        progress=lambda f, text: progress(f, desc=text))
@@ -235,7 +243,7 @@ def build(ws: Workspace) -> None:
             raise gr.Error("Pick the new run first (e.g. the DPO run continued from an SFT run).")
         try:
             frame = rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(rows)
-            golden = golden_from_rows(frame.values.tolist(), source="the golden set table")
+            golden = golden_from_rows(frame.values.tolist(), source="the golden set table", empty_fix=TABLE_FIX)
             ev = evaluate_versus(ws, run_id, golden, against=older or parent_of(ws, run_id),
                                  golden_name="golden set from the Evaluate tab", max_new_tokens=int(tokens),
                                  progress=lambda f, text: progress(f, desc=text))
@@ -265,7 +273,7 @@ def build(ws: Workspace) -> None:
     def ab_cast(choice: str):
         def handler(state: dict):
             if not state or "eval" not in state:
-                raise gr.Error("Press 'Start voting' first.")
+                raise gr.Error("Pick an evaluation above and press 'Start (or continue) voting' first.")
             pairs = ab_pairs(ws, state["eval"])
             if state["index"] >= len(pairs):
                 raise gr.Error("Every pair has a vote already.")
@@ -283,18 +291,22 @@ def build(ws: Workspace) -> None:
                   [run], [run, past, ab_eval, against], api_name="eval_refresh")
     sample.click(load_sample, None, table, api_name="eval_sample")
     upload.upload(load_upload, [upload], table, api_name="eval_upload")
-    go.click(run_evaluation, [run, source, table, max_new, heldout_rows], [summary, results, compared, past, ab_eval],
-             api_name="eval_run")
-    versus.click(run_versus, [run, against, table, max_new], [summary, results, compared, past, ab_eval],
-                 api_name="eval_versus")
-    past.change(open_past, [past], [summary, results, compared], api_name="eval_open")
+    # progress and a refusal show on the summary, not on every table the evaluation fills
+    evaluated = [
+        go.click(run_evaluation, [run, source, table, max_new, heldout_rows], [summary, results, compared, past,
+                 ab_eval], api_name="eval_run", show_progress_on=summary),
+        versus.click(run_versus, [run, against, table, max_new], [summary, results, compared, past, ab_eval],
+                     api_name="eval_versus", show_progress_on=summary),
+        past.change(open_past, [past], [summary, results, compared], api_name="eval_open")]
+    for event in evaluated:
+        event.success(lambda: gr.Column(visible=True), None, tables, api_visibility="private")
     ab_outputs = [ab_state, ab_question, ab_a, ab_b, ab_progress]
     ab_export.click(lambda kind: export_markdown(ws, kind), [ab_export_kind], ab_export_status,
                     api_name="eval_feedback_export")
-    ab_start.click(ab_begin, [ab_eval], ab_outputs, api_name="eval_ab_start")
-    vote_a.click(ab_cast("a"), [ab_state], ab_outputs, api_name="eval_ab_vote_a")
-    vote_b.click(ab_cast("b"), [ab_state], ab_outputs, api_name="eval_ab_vote_b")
-    vote_tie.click(ab_cast("tie"), [ab_state], ab_outputs, api_name="eval_ab_vote_tie")
+    ab_start.click(ab_begin, [ab_eval], ab_outputs, api_name="eval_ab_start", show_progress_on=ab_progress)
+    vote_a.click(ab_cast("a"), [ab_state], ab_outputs, api_name="eval_ab_vote_a", show_progress_on=ab_progress)
+    vote_b.click(ab_cast("b"), [ab_state], ab_outputs, api_name="eval_ab_vote_b", show_progress_on=ab_progress)
+    vote_tie.click(ab_cast("tie"), [ab_state], ab_outputs, api_name="eval_ab_vote_tie", show_progress_on=ab_progress)
     # runs that finished since the studio started: listed on a fresh page and whenever the list is opened
     # the newest run is picked on a fresh page and when the list is refreshed or opened with nothing picked;
     # "Compare with run" stays empty (empty means the run it was continued from)
@@ -302,5 +314,10 @@ def build(ws: Workspace) -> None:
     run.focus(listed_runs, run, run, show_progress="hidden", api_visibility="private")
     against.focus(lambda: gr.Dropdown(choices=finished_runs(ws)), None, against, show_progress="hidden",
                   api_visibility="private")
-    for listing in (past, ab_eval):
-        listing.attach_load_event(lambda: gr.Dropdown(choices=evaluations(ws)), None)
+    past.attach_load_event(lambda: gr.Dropdown(choices=evaluations(ws)), None)
+    # the newest evaluation is the one to vote on, unless another is picked
+    ab_eval.attach_load_event(lambda: _newest_picked(evaluations(ws)), None)
+
+
+def _newest_picked(choices: list[tuple[str, str]]):
+    return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)

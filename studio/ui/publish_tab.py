@@ -281,9 +281,13 @@ def build(ws: Workspace) -> None:
     preview_btn.click(on_preview, inputs, plan_md, api_visibility="private")
     run.change(on_run_change, inputs, plan_md, api_visibility="private")
     target.change(on_run_change, inputs, plan_md, api_visibility="private")
-    publish_btn.click(on_publish, inputs, [result_md, curl, table, chosen], api_visibility="private")
-    verify_btn.click(on_reverify, [chosen, api_key, token], [result_md, curl, table], api_visibility="private")
-    rollback_btn.click(on_rollback, [chosen, api_key, token], [result_md, curl, table], api_visibility="private")
+    # progress and a refusal show on the result, not on the deployments' table
+    publish_btn.click(on_publish, inputs, [result_md, curl, table, chosen], api_visibility="private",
+                      show_progress_on=result_md)
+    verify_btn.click(on_reverify, [chosen, api_key, token], [result_md, curl, table], api_visibility="private",
+                     show_progress_on=result_md)
+    rollback_btn.click(on_rollback, [chosen, api_key, token], [result_md, curl, table], api_visibility="private",
+                       show_progress_on=result_md)
     table.select(on_pick, None, chosen, api_visibility="private")
     register_api(ws)
 

@@ -202,7 +202,7 @@ def parent_choices(ws: Workspace) -> list[tuple[str, str]]:
     """Runs with an adapter to continue from (SFT first, then DPO from it)."""
     found = [r for r in runs.list_runs(ws) if r.status in ("succeeded", "cancelled") and r.folder.has_adapter()]
     return [("none: a fresh adapter", "")] + [
-        (f"{r.id} · {r.config.get('objective', 'sft')} · {r.name}", r.id) for r in found]
+        (r.label, r.id) for r in found]
 
 
 def start(ws: Workspace, dataset: str | None, model: str, preset: str, name: str, force: bool,
@@ -219,6 +219,7 @@ def start(ws: Workspace, dataset: str | None, model: str, preset: str, name: str
     # worded so that it stays true once the run has started (the page below shows where it is now)
     when = "no run ahead of it" if ahead == 0 else f"{ahead} run{'s' if ahead > 1 else ''} ahead of it"
     notice = f"\n\n> ℹ️ {run.notice}" if run.notice else ""
+    gr.Info(f"Run {run.id} is queued: its progress shows under the settings and in the Runs tab.")
     return (f"Run **{run.id}** was queued on {moment(run.created_at, relative=False)}, with {when}. Its status "
             f"and progress show below and in the Runs tab.{notice}", run.id)
 
