@@ -35,6 +35,10 @@ HELD_OUT = "The run's held-out rows"
 GOLDEN = "My golden set (the table below)"
 
 
+SCORES_LEGEND = ("Exact match: the share of answers word for word yours. Token F1 and ROUGE-L: how much of your "
+                 "answer's words the model's answer shares, from 0 (nothing) to 1 (all, ROUGE-L in the same order). "
+                 "Held-out loss and perplexity: how unexpected your held-out answers are to the model; lower is "
+                 "better.")
 TABLE_FIX = ("Type or paste your questions and the answers you expect into the table, upload a CSV, or press "
              "'Use the sample golden set' to try it.")
 
@@ -77,7 +81,7 @@ def summary_markdown(ev: Evaluation) -> str:
                     f"{m.get('rouge_l', 0):.3f} | {m.get('loss', '–')} | {m.get('perplexity', '–')} |")
     better = s.get("better_f1", {})
     text = (f"**{ev.id}** — run `{ev.run_id}` on *{ev.golden_set}* ({s.get('questions')} questions; "
-            f"golden set `{ev.golden_hash}`)\n\n" + "\n".join(rows) +
+            f"golden set `{ev.golden_hash}`)\n\n" + "\n".join(rows) + f"\n\n<small>{SCORES_LEGEND}</small>"
             f"\n\n{closer_sentence(better, 'the tuned model', 'the base model', bold=True)}")
     if s.get("heldout_rows"):
         text += f" Loss measured on {s['heldout_rows']} held-out rows ({s['heldout_tokens']} answer tokens)."

@@ -289,6 +289,8 @@ def build(ws: Workspace) -> None:
     rollback_btn.click(on_rollback, [chosen, api_key, token], [result_md, curl, table], api_visibility="private",
                        show_progress_on=result_md)
     table.select(on_pick, None, chosen, api_visibility="private")
+    # the newest deployment is the one to re-verify or roll back until another is picked from the table
+    chosen.attach_load_event(lambda: next((d.id for d in deployments.list_deployments(ws)), ""), None)
     register_api(ws)
 
 

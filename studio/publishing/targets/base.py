@@ -71,6 +71,18 @@ class Options(BaseModel):
         return data
 
 
+def _problem(error: dict[str, Any]) -> str:
+    """One option's problem in words, naming the option as the form and the CLI flag do (`repo_id`,
+    `--repo-id`), without pydantic's own prefixes ("Value error, ...")."""
+    field = ".".join(str(p) for p in error["loc"]) or "options"
+    named = f"{field} (--{field.replace('_', '-')})" if error["loc"] else field
+    if error["type"] == "missing":
+        return f"{named} is required"
+    if error["type"] == "extra_forbidden":
+        return f"{field} is not an option of this target"
+    return f"{named}: {error['msg'].removeprefix('Value error, ')}"
+
+
 def slug(value: str) -> str:
     value = (value or "").strip()
     if not value or not all(c.isalnum() or c in "-_." for c in value) or len(value) > 48:
@@ -94,9 +106,7 @@ class Target:
         try:
             return cls(ws, cls.Options.model_validate(clean))
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'options'}: {e['msg']}" for e in exc.errors()
-            )
+            problems = "; ".join(_problem(e) for e in exc.errors())
             raise InvalidInput(f"The {cls.kind} target's options are not valid: {problems}.",
                                f"See `studio publish --help` for the {cls.kind} options.") from exc
 
