@@ -161,5 +161,5 @@ def test_dpo_continued_from_an_sft_run_starts_from_its_adapter(ws):
     assert f"{sft.id} (deleted)" in text and "start-adapter/" in text
     assert "(deleted)" in run_view(ws, dpo.id)[0]
     assert (dpo.folder.path / "start-adapter" / "adapter_model.safetensors").exists()
-    with pytest.raises(NotFound, match="to compare with no longer exists"):
+    with pytest.raises(NotFound, match="There is no run .* to compare with"):
         evaluate_versus(ws, dpo.id, [GoldenItem(question="Where is my order?", reference="Follow your parcel.")])

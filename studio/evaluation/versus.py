@@ -55,7 +55,7 @@ def _finished(ws: Workspace, run_id: str, role: str) -> Run:
         run = get_run(ws, run_id)
     except NotFound as exc:
         if role == "old":
-            raise NotFound(f"The run '{run_id}' to compare with no longer exists (it was deleted).",
+            raise NotFound(f"There is no run '{run_id}' to compare with (a wrong id, or a deleted run).",
                            "Compare with another run of the same base model: --against RUN.") from exc
         raise
     if not run.folder.has_adapter():

@@ -57,7 +57,7 @@ def resolve(ws: Workspace, name: str) -> ResolvedModel:
     if name.startswith(("/", "./", "~")) or not _HUB_ID.match(name):
         raise ModelUnavailable(
             f"'{name}' is neither an existing folder nor a hub id like 'org/model'.",
-            "Check the spelling, or pick a model from the list.",
+            "Check the spelling, or pick a model from the list (`studio models list` on the command line).",
         )
     return ResolvedModel(name=name, source=name, local=False, entry=catalog_entry(name))
 
@@ -139,7 +139,7 @@ def explain_load_error(name: str, exc: BaseException) -> ModelUnavailable:
     if "404" in text or "not a valid model identifier" in lowered or "does not exist" in lowered:
         return ModelUnavailable(
             f"There is no model called '{name}' on the hub.",
-            "Check the spelling (org/model), or pick a model from the list.",
+            "Check the spelling (org/model), or pick a model from the list (`studio models list`).",
         )
     if "offline" in lowered or "connect" in lowered or "resolve" in lowered or "network" in lowered:
         return ModelUnavailable(

@@ -163,7 +163,7 @@ def resume(ws: Workspace, run_id: str) -> Run:
         raise Conflict(f"Run '{run_id}' is already {run.status}.", "Wait for it, or cancel it first.")
     if run.status == "succeeded":
         raise Conflict(f"Run '{run_id}' has finished successfully; there is nothing to resume.",
-                       "Use re-run to train again with the same settings.")
+                       "Re-run it to train again with the same settings (Runs tab, or `studio runs rerun ID`).")
     transition(ws, run_id, "queued", expect=("failed", "cancelled"), queued_at=now(), finished_at=None, pid=None,
                proc_start=None, launch_ref=None, error=None, fix=None, cancel_requested_at=None)
     audit.record(ws, "train.resume", run_id)
