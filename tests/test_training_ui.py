@@ -1,5 +1,7 @@
 """The Train and Runs tabs: built inside the app, and their handlers called as plain functions."""
 
+import re
+
 import gradio as gr
 import pytest
 from conftest import save_qa_dataset
@@ -59,6 +61,10 @@ def test_fit_check_command_and_start(ws, dataset):
     message, run_id = train_tab.start(ws, dataset.id, "demo-tiny", "quick-test", "v1", False, *_values(lora_r=8))
     run = runs.get_run(ws, run_id)
     assert run.status == "queued" and run.config["lora_r"] == 8 and run.name == "v1" and run_id in message
+    assert "learning step" not in message  # 100 steps
+    # the balanced preset packs this small dataset into a few steps: said at Start, also without Check fit
+    message, _ = train_tab.start(ws, dataset.id, "demo-tiny", "balanced", "", False, *_values("balanced"))
+    assert re.search(r"Only \d+ learning steps?: on \d+ rows the adapter will change little", message), message
 
 
 def test_apply_the_change_that_fits():

@@ -210,15 +210,17 @@ def start(ws: Workspace, dataset: str | None, model: str, preset: str, name: str
     """Freeze the settings into a new run and queue it; the background scheduler starts it."""
     try:
         cfg, overrides = _config(dataset, model, preset, list(values), processes)
+        planned = submit.plan(ws, cfg, from_run=from_run or None)  # its advice is said even without Check fit
         run = submit.submit(ws, cfg, preset=preset, overrides=overrides, name=(name or "").strip() or None,
-                            force=bool(force), from_run=from_run or None)
+                            force=bool(force), from_run=from_run or None, estimate=planned.estimate)
     except StudioError as exc:
         _fail(exc)
     scheduler.nudge()  # the background scheduler starts it now, not at its next pass (up to 2 s later)
     ahead = len(runs.queue(ws)) - 1 + len(runs.list_runs(ws, "running"))
     # worded so that it stays true once the run has started (the page below shows where it is now)
     when = "no run ahead of it" if ahead == 0 else f"{ahead} run{'s' if ahead > 1 else ''} ahead of it"
-    notice = f"\n\n> ℹ️ {run.notice}" if run.notice else ""
+    said = [text for text in (run.notice, (planned.estimate or {}).get("advice")) if text]
+    notice = "".join(f"\n\n> ℹ️ {text}" for text in said)
     gr.Info(f"Run {run.id} is queued: its progress shows under the settings and in the Runs tab.")
     return (f"Run **{run.id}** was queued on {moment(run.created_at, relative=False)}, with {when}. Its status "
             f"and progress show below and in the Runs tab.{notice}", run.id)
