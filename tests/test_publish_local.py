@@ -171,7 +171,7 @@ def test_a_wrong_api_key_is_refused_with_the_fix(trained_run):
 def test_target_options_are_checked_before_anything_runs(trained_run):
     with pytest.raises(InvalidInput) as info:
         pipeline.preview(trained_run.ws, trained_run.run_id, "local", {"repo_id": "x/y"})
-    assert "repo_id: Extra inputs are not permitted" in info.value.message
+    assert "repo_id is not an option of this target" in info.value.message
     with pytest.raises(InvalidInput) as info:
         pipeline.preview(trained_run.ws, trained_run.run_id, "remote", {"url": "ftp://x"})
     assert "url" in info.value.message and "http(s)" in info.value.message

@@ -156,7 +156,7 @@ def test_cancel_resume_and_delete_rules(ws, dataset):
     assert runs.resume(ws, run.id).status == "queued"
     assert scheduler.claim_next(ws, scheduler.CPU_SLOT).id == run.id
     _finish(ws, run.id)
-    with pytest.raises(Conflict, match="re-run"):
+    with pytest.raises(Conflict, match="Re-run it .*studio runs rerun"):
         runs.resume(ws, run.id)
     with ws.db() as db:
         db["evaluations"].insert({"id": "ev-1", "run_id": run.id, "created_at": "now", "path": "x"})

@@ -133,16 +133,7 @@ class FitEstimate(BaseModel):
         lines = [f"Estimated peak memory: {gb(self.peak_bytes)} on {self.device}."]
         lines += [f"  {label}: {gb(size)}" for label, size in self.parts()]
         lines.append(f"Estimated time: {duration(self.seconds)} for {self.steps:,} steps (~{self.tokens:,} tokens).")
-        if self.strategy_reason:
-            lines.append(self.strategy_reason)
-        if self.verdict:
-            lines.append(self.verdict)
-        if self.suggestion:
-            lines.append(self.suggestion)
-        if self.notice:
-            lines.append(self.notice)
-        if self.advice:
-            lines.append(self.advice)
+        lines += [t for t in (self.strategy_reason, self.verdict, self.suggestion, self.notice, self.advice) if t]
         return "\n".join(lines)
 
 
@@ -280,8 +271,7 @@ def estimate(
         seconds=round(seconds, 1),
     )
     if 0 < steps < FEW_STEPS and not cfg.max_steps:
-        per_epoch_steps = steps / cfg.epochs
-        epochs = math.ceil(FEW_STEPS / per_epoch_steps)
+        epochs = math.ceil(FEW_STEPS * cfg.epochs / steps)
         result.advice = (f"Only {steps} learning step{'s' if steps > 1 else ''}: on {rows:,} rows the adapter will "
                          f"change little. For more, raise epochs to about {epochs}, lower gradient_accumulation, "
                          f"or set max_steps (the quick-test preset takes 100 steps).")
