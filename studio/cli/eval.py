@@ -7,7 +7,6 @@ from pathlib import Path
 
 from studio.cli import Output
 from studio.core.argtypes import whole
-from studio.evaluation.golden import seen_sentence
 from studio.evaluation.scores import CLOSE_F1
 
 
@@ -69,6 +68,8 @@ def _scores(summary: dict) -> str:
     lines.append(f"tuned better on {better.get('tuned', 0)}, base better on {better.get('base', 0)}, "
                  f"tie on {better.get('tie', 0)}, neither close (F1 < {CLOSE_F1}) on {better.get('neither', 0)} "
                  f"of {summary.get('questions')} questions (token F1)")
+    from studio.evaluation.golden import seen_sentence
+
     if seen_sentence(summary):
         lines.append(seen_sentence(summary))
     if summary.get("ab"):

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from studio.core import access
 from studio.core.db import now
 from studio.core.errors import InvalidInput
+from studio.core.files import read_jsonl
 
 if TYPE_CHECKING:
     from studio.core.workspace import Workspace
@@ -74,8 +76,9 @@ def add_correction(
         source_name=f"chat corrections ({run_id or model or 'endpoint'})", source_format="feedback",
         mapping=mapping, **fields,
     )
-    _log(ws, {"at": now(), "run_id": run_id, "model": model, "messages": context, "rejected": rejected,
-              "corrected": corrected, "dataset_id": version.id})
+    _append(ws.evaluations_dir / "feedback.jsonl", {"at": now(), "run_id": run_id, "model": model, "messages": context,
+                                                    "rejected": rejected, "corrected": corrected,
+                                                    "dataset_id": version.id})
     return version
 
 
@@ -107,16 +110,13 @@ def _latest_feedback(versions: list[DatasetVersion], origin_id: str | None) -> D
     return max(made, key=lambda v: v.mapping.get("corrections", 0), default=None)
 
 
-def _log(ws: Workspace, record: dict) -> None:
-    with open(ws.evaluations_dir / "feedback.jsonl", "a", encoding="utf-8") as f:
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def corrections(ws: Workspace) -> list[dict]:
-    path = ws.evaluations_dir / "feedback.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(ws.evaluations_dir / "feedback.jsonl")
 
 
 def add_thumb(ws: Workspace, messages: list[dict], answer: str, liked: bool | None, *, run_id: str | None = None,
@@ -133,22 +133,15 @@ def add_thumb(ws: Workspace, messages: list[dict], answer: str, liked: bool | No
         raise InvalidInput("There is no question to attach the rating to.", "Ask the model something first.")
     record = {"at": now(), "run_id": run_id, "model": model, "messages": context, "answer": str(answer).strip(),
               "liked": None if liked is None else bool(liked)}
-    with open(ws.evaluations_dir / "thumbs.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    _append(ws.evaluations_dir / "thumbs.jsonl", record)
     return record
 
 
 def thumbs(ws: Workspace) -> list[dict]:
     """The thumbs that stand: the last one given to each answer (same run, pane, conversation and answer),
     without the withdrawn ones, in the order they were first given."""
-    path = ws.evaluations_dir / "thumbs.jsonl"
-    if not path.exists():
-        return []
     standing: dict[str, dict] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
+    for record in read_jsonl(ws.evaluations_dir / "thumbs.jsonl"):
         key = json.dumps([record.get("run_id"), record.get("model"), record["messages"], record["answer"]])
         if record.get("liked") is None:
             standing.pop(key, None)

@@ -70,24 +70,25 @@ def read_golden(path: str | Path) -> list[GoldenItem]:
     if not path.is_file():
         raise InvalidInput(f"The golden set {path} {'is a folder' if path.is_dir() else 'does not exist'}.",
                            "Give the path of a CSV (or JSONL) file with question and reference_answer columns.")
+    from studio.data.table import sniff_encoding
+
     raw = path.read_bytes()
-    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16, as spreadsheet programs save "Unicode text"
-        raw = raw.decode("utf-16").encode("utf-8")
-    if b"\x00" in raw[:8192]:
+    encoding = sniff_encoding(raw[:65536])  # as the Data tab reads a spreadsheet: BOMs, UTF-16, Windows-1252
+    if encoding is None:
         raise InvalidInput(f"{path.name} is not a text file.",
                            "Save the golden set as CSV (or JSONL) with question and reference_answer columns.")
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError:  # a byte past the sniffed start that the encoding does not have
+        text = raw.decode("latin-1")
     if path.suffix.lower() in (".jsonl", ".json"):
         try:
-            records = [json.loads(line) for line in raw.decode("utf-8-sig").splitlines() if line.strip()]
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        except json.JSONDecodeError as exc:
             raise InvalidInput(f"{path.name} is not JSON lines ({exc}).", "Save one JSON object per line.") from exc
         header = list(records[0]) if records else []
         rows = [[r.get(k) for k in header] for r in records]
     else:
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")
         table = list(csv.reader(io.StringIO(text)))
         header, rows = (table[0], table[1:]) if table else ([], [])
     q, r = _pick(header, QUESTION_COLUMNS), _pick(header, REFERENCE_COLUMNS)

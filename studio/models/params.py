@@ -45,7 +45,6 @@ class ParamCount(BaseModel):
         chosen = [t for t in targets if t in self.lora_io] or list(self.lora_io)
         return sum(self.lora_io[t] for t in chosen)
 
-
     def unknown_targets(self, targets: list[str]) -> list[str]:
         """The names in `targets` that match no linear layer of the blocks nor the LM head (peft matches a
         name against the end of each module's path, so `q_proj` and `self_attn.q_proj` both name q_proj)."""

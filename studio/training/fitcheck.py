@@ -273,8 +273,8 @@ def estimate(
     if 0 < steps < FEW_STEPS and not cfg.max_steps:
         epochs = math.ceil(FEW_STEPS * cfg.epochs / steps)
         result.advice = (f"Only {steps} learning step{'s' if steps > 1 else ''}: on {rows:,} rows the adapter will "
-                         f"change little. For more, raise epochs to about {epochs}, lower gradient_accumulation, "
-                         f"or set max_steps (the quick-test preset takes 100 steps).")
+                         f"change little. For more, raise epochs (passes over your rows) to about {epochs}, or set "
+                         f"max_steps (the quick-test preset takes 100 steps).")
     if not on_gpu and cfg.method == "qlora":
         result.notice = "No CUDA GPU: this run would train with LoRA in 32-bit on the CPU (no 4-bit)."
     free = _free_bytes(gpu) if on_gpu else available_bytes

@@ -19,6 +19,7 @@ from studio.core import access, audit
 from studio.core.db import now
 from studio.core.errors import Conflict, NotFound
 from studio.core.states import Machine
+from studio.core.timetext import short
 from studio.training.folder import RunFolder
 from studio.training.launchers.base import CPU_SLOT, Attempt, Handle
 
@@ -84,8 +85,6 @@ class Run(BaseModel):
     def label(self) -> str:
         """How a list names it: what it is, how it was trained, when it ended and its last loss, then its id
         (two runs of one model on one dataset are told apart before the id)."""
-        from studio.core.timetext import short
-
         objective = self.config.get("objective", "sft")
         parts = [self.name or self.id, objective.upper() if objective != "sft" else "", self.preset,
                  short(self.finished_at or self.created_at)[5:],

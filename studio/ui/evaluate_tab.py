@@ -210,6 +210,10 @@ def build(ws: Workspace) -> None:
         choices = finished_runs(ws)
         return gr.Dropdown(choices=choices, value=keep_or_newest(choices, current))
 
+    def listed_evaluations() -> gr.Dropdown:
+        choices = evaluations(ws)
+        return gr.Dropdown(choices=choices, value=keep_or_newest(choices))
+
     def load_sample():
         return pd.DataFrame([[i.question, i.reference] for i in read_golden(SAMPLE)],
                             columns=["question", "reference answer"])
@@ -320,8 +324,4 @@ def build(ws: Workspace) -> None:
                   api_visibility="private")
     past.attach_load_event(lambda: gr.Dropdown(choices=evaluations(ws)), None)
     # the newest evaluation is the one to vote on, unless another is picked
-    ab_eval.attach_load_event(lambda: _newest_picked(evaluations(ws)), None)
-
-
-def _newest_picked(choices: list[tuple[str, str]]):
-    return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
+    ab_eval.attach_load_event(listed_evaluations, None)

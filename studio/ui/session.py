@@ -46,7 +46,7 @@ def login(ws: Workspace, env_login: tuple[str, str] | None):
 
 
 def who(ws: Workspace, request=None) -> str:
-    actor = access.current()
-    if actor.origin == "cli" or not getattr(request, "username", None):  # no login: nobody to name
+    if not getattr(request, "username", None):  # no login: nobody to name
         return ""
+    actor = access.current()
     return f"Signed in as **{actor.name}** ({actor.role}) · [Log out](/logout)"
